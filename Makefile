@@ -1,0 +1,29 @@
+# make run   — set up .venv (first time) and run the default pipeline on the bundled example
+# make test  — set up .venv (first time) and run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ARGS ?=
+
+.PHONY: run test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Re-install when the package definition changes; editable, so code edits need no re-install.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+run: $(VENV)/.installed
+	$(BIN)/ptflow $(ARGS)
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q $(ARGS)
+
+bench: $(VENV)/.installed
+	$(BIN)/python bench/int8_speedup.py
+
+clean:
+	rm -rf outputs

@@ -1,0 +1,169 @@
+"""The compiler: composed config -> typed stage configs -> checked Plan, or one ConfigError.
+
+Nothing here loads a model. Every problem found (unknown keys, wrong types, a stage
+order that breaks the form chain, a missing file, a device this machine lacks) is
+collected and raised together.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from ptflow import device, typed
+from ptflow.artifact import Form
+from ptflow.device import DeviceConfig
+from ptflow.errors import ConfigError, Problem, did_you_mean
+from ptflow.stage import Environment, Stage, StageSpec, load_stages
+from ptflow.tracking import TrackingConfig
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The pipeline-wide part of the config (everything that is not a stage's own node)."""
+
+    pipeline: tuple[str, ...]
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = 0
+    dry_run: bool = False
+    outputs_dir: str = "outputs"
+    plugins: tuple[str, ...] = ()
+    task_name: str = "ptflow"
+
+    def __post_init__(self) -> None:
+        if not self.pipeline:
+            raise ConfigError.single("pipeline", [], "a list of at least one stage, e.g. [load, validate]")
+
+
+SETTINGS_KEYS = tuple(f.name for f in fields(RunSettings))
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    spec: StageSpec
+    config: Any
+    stage: Stage
+    form_in: Form | None
+    form_out: Form
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass(frozen=True)
+class Plan:
+    settings: RunSettings
+    stages: tuple[PlannedStage, ...]
+    choices: Mapping[str, str] = field(default_factory=dict)
+
+    def render(self) -> str:
+        picked = " ".join(f"{k}={v}" for k, v in sorted(self.choices.items()) if not k.startswith("hydra"))
+        lines = [f"Plan: {len(self.stages)} stage(s) on {self.settings.device.name}"
+                 + (f"  [{picked}]" if picked else "")]
+        width = max(len(s.name) for s in self.stages)
+        for number, planned in enumerate(self.stages, 1):
+            given = "(source)" if planned.form_in is None else str(planned.form_in)
+            lines.append(f"  {number}. {planned.name:<{width}}  {given:>9} -> {planned.form_out}")
+            lines.append(f"     {_one_line(typed.to_plain(planned.config))}")
+        return "\n".join(lines)
+
+
+def _one_line(config: object) -> str:
+    return json.dumps(config, separators=(", ", "="), default=str).replace('"', "")
+
+
+def compile_plan(cfg: Mapping[str, Any], choices: Mapping[str, str] | None = None) -> Plan:
+    """Check `cfg` (plain, resolved, without the hydra node) and return its Plan."""
+    problems: list[Problem] = []
+    settings = _build(RunSettings, {k: cfg[k] for k in SETTINGS_KEYS if k in cfg}, "", problems)
+    plugins = settings.plugins if settings else ()
+    try:
+        registry = load_stages(plugins)
+    except ConfigError as error:
+        problems.extend(error.problems)
+        registry = load_stages()
+    known = set(SETTINGS_KEYS) | {k for spec in registry.values() for k in spec.config_keys}
+    for key in cfg:
+        if key not in known and key != "hydra":
+            problems.append(Problem(key, cfg[key], "a top-level key: " + ", ".join(sorted(known)),
+                                    did_you_mean(key, known) or "remove it"))
+    if settings is None:
+        raise ConfigError(problems)
+    stages = _check_chain(settings, cfg, registry, problems)
+    problems.extend(device.check(settings.device))
+    if problems:
+        raise ConfigError(_unique(problems))
+    return Plan(settings, tuple(stages), dict(choices or {}))
+
+
+def _build(cls: type, data: object, path: str, problems: list[Problem]) -> Any:
+    try:
+        return typed.build(cls, data, path)
+    except ConfigError as error:
+        problems.extend(error.problems)
+        return None
+
+
+def _check_chain(settings: RunSettings, cfg: Mapping[str, Any], registry: Mapping[str, StageSpec],
+                 problems: list[Problem]) -> list[PlannedStage]:
+    env = Environment(device_type=settings.device.type.value)
+    planned: list[PlannedStage] = []
+    form: Form | None = None
+    form_from = ""          # the stage that produced `form`, for the hint
+    facts: set[str] = set()
+    chain_ok = True
+    for index, name in enumerate(settings.pipeline):
+        where = f"pipeline[{index}]"
+        spec = registry.get(name)
+        if spec is None:
+            problems.append(Problem(where, name, "a registered stage: " + ", ".join(sorted(registry)),
+                                    did_you_mean(name, registry)))
+            chain_ok = False
+            continue
+        if name in settings.pipeline[:index]:
+            problems.append(Problem(where, name, "each stage at most once", "remove the repeated entry"))
+        path = spec.config_keys[0] if len(spec.config_keys) == 1 else ""
+        config = _build(spec.config_cls, spec.config_data(cfg), path, problems)
+        if config is None:
+            chain_ok = False
+            continue
+        stage = spec.stage_cls(config)
+        problems.extend(stage.preflight(env))
+        if not chain_ok:
+            continue
+        accepted = stage.consumes()
+        if not accepted and index > 0:
+            problems.append(Problem(where, name, "a source stage only as the first stage",
+                                    f"move '{name}' to the start of the pipeline"))
+        elif accepted and form is None:
+            problems.append(Problem(where, name, "a pipeline that starts with a source stage",
+                                    "start the pipeline with a stage that consumes nothing, e.g. load"))
+            chain_ok = False
+            continue
+        elif accepted and form not in accepted:
+            problems.append(Problem(where, name, f"'{name}' after a stage producing "
+                                    + " or ".join(sorted(map(str, accepted))),
+                                    f"'{form_from}' hands on the model as '{form}'; place '{name}' before '{form_from}'"))
+        missing = stage.requires - facts
+        if missing:
+            providers = sorted(s for s, sp in registry.items() if missing & sp.stage_cls.provides)
+            problems.append(Problem(where, name, f"'{name}' after a stage that provides "
+                                    + ", ".join(sorted(missing)),
+                                    f"add {' or '.join(map(repr, providers))} before '{name}'"))
+        new_form = stage.produces(form)
+        if new_form != form:
+            form_from = name
+        planned.append(PlannedStage(spec, config, stage, form, new_form))
+        form = new_form
+        facts |= stage.provides
+    return planned
+
+
+def _unique(problems: list[Problem]) -> list[Problem]:
+    seen: dict[str, Problem] = {}
+    for problem in problems:
+        seen.setdefault(problem.render(), problem)
+    return list(seen.values())

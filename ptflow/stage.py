@@ -1,0 +1,140 @@
+"""The stage contract, the context stages run in, and the registry that finds them.
+
+A stage is a plain class conforming to ``Stage``; its config is a frozen dataclass.
+``@register_stage`` adds both to the registry (and the config to Hydra's ConfigStore as
+a structured-config schema). ptflow finds stage modules through the ``ptflow.stages``
+entry-point group and the ``plugins`` config key, never by importing them by name.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from ptflow.artifact import Artifact, Form
+from ptflow.errors import ConfigError, Problem, did_you_mean
+
+ENTRY_POINT_GROUP = "ptflow.stages"
+
+
+@dataclass(frozen=True)
+class Environment:
+    """What a stage's preflight may inspect: the requested device and this machine."""
+
+    device_type: str
+
+    def cuda_available(self) -> bool:
+        import torch
+
+        return torch.cuda.is_available()
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Per-run facts a stage may use; nothing here is config data."""
+
+    run_dir: Path
+    device: str
+    seed: int
+    config_hash: str
+    resolved_config: Mapping[str, Any]
+    settings: Mapping[str, Any]          # device settings in force (device.capture)
+    progress: Callable[..., Iterable]    # tqdm-like: progress(iterable, desc=..., total=...)
+
+    def path(self, *parts: str) -> Path:
+        """A path under the run dir, its parent created."""
+        target = self.run_dir.joinpath(*parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+
+class Stage(Protocol):
+    """What every stage provides. Construct with its typed config."""
+
+    requires: ClassVar[frozenset[str]]   # facts earlier stages must have established
+    provides: ClassVar[frozenset[str]]   # facts this stage establishes (e.g. "baseline")
+
+    def consumes(self) -> frozenset[Form]:
+        """Forms this stage accepts; empty for a source stage (it starts the chain)."""
+
+    def produces(self, given: Form | None) -> Form:
+        """The form this stage hands on, given the form it receives."""
+
+    def preflight(self, env: Environment) -> list[Problem]:
+        """Cheap checks before anything heavy runs (files exist, device can do it)."""
+
+    def run(self, artifact: Artifact | None, ctx: RunContext) -> Artifact:
+        """Do the work; return ``artifact.evolve(...)``."""
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    stage_cls: type
+    config_cls: type
+    config_keys: tuple[str, ...]
+    summary: str
+
+    def config_data(self, cfg: Mapping[str, Any]) -> object:
+        """The plain data to build this stage's config from.
+
+        One key: that top-level node is the config. Several keys: the config class has
+        one field per key (``load`` reads both ``model`` and ``data``).
+        """
+        if len(self.config_keys) == 1:
+            return cfg.get(self.config_keys[0], {}) or {}
+        return {key: cfg.get(key, {}) or {} for key in self.config_keys}
+
+
+_REGISTRY: dict[str, StageSpec] = {}
+_entry_points_loaded = False
+
+
+def register_stage(name: str, *, config: type, keys: tuple[str, ...] | None = None):
+    """Class decorator: register a stage under `name` with its config dataclass."""
+
+    def decorate(cls: type) -> type:
+        summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        _REGISTRY[name] = StageSpec(name, cls, config, tuple(keys or (name,)), summary)
+        _store_schema(name, config)
+        return cls
+
+    return decorate
+
+
+def _store_schema(name: str, config: type) -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(group="ptflow_schema", name=name, node=config)
+
+
+def load_stages(plugins: Iterable[str] = ()) -> Mapping[str, StageSpec]:
+    """Import every stage module: the entry-point group, then `plugins` (module names)."""
+    global _entry_points_loaded
+    problems: list[Problem] = []
+    if not _entry_points_loaded:
+        for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                entry.load()
+            except Exception as error:  # a broken plugin must name itself, not crash later
+                problems.append(Problem(f"entry point {entry.name}", entry.value,
+                                        "an importable stage module", f"{type(error).__name__}: {error}"))
+        _entry_points_loaded = True
+    for module in plugins:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            problems.append(Problem("plugins", module, "an importable module of stages", str(error)))
+    if problems:
+        raise ConfigError(problems)
+    return dict(_REGISTRY)
+
+
+def lookup(name: str) -> StageSpec:
+    if name not in _REGISTRY:
+        raise ConfigError.single("pipeline", name, "a registered stage: " + ", ".join(sorted(_REGISTRY)),
+                                 did_you_mean(name, _REGISTRY))
+    return _REGISTRY[name]

@@ -1,0 +1,85 @@
+"""The end-of-run summary: a JSON record and the compact table shown in the terminal."""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ptflow.artifact import Artifact
+
+
+def build(artifact: Artifact, choices: Mapping[str, str], run_dir: Path, wall_s: float,
+          run_id: str | None = None, tracking_uri: str | None = None, experiment: str | None = None
+          ) -> dict[str, Any]:
+    m = artifact.metrics
+    summary: dict[str, Any] = {
+        "status": "FINISHED",
+        "choices": {k: v for k, v in choices.items() if not k.startswith("hydra")},
+        "run_dir": str(run_dir),
+        "wall_s": wall_s,
+        "stages_s": {r.name: r.duration_s for r in artifact.lineage},
+        "latency_ms": {},
+        "mlflow": {"run_id": run_id, "tracking_uri": tracking_uri, "experiment": experiment},
+        "exports": [str(p) for k, p in artifact.files.items() if k.startswith("export.") and p.suffix != ".json"],
+    }
+    for role, name in (("baseline", "baseline"), ("optimized", "candidate")):
+        if f"benchmark.{name}.p50_ms" in m:
+            summary["latency_ms"][role] = {q: m[f"benchmark.{name}.{q}_ms"] for q in ("p50", "p90", "p99")}
+    if "benchmark.speedup_p50" in m:
+        summary["speedup_p50"] = m["benchmark.speedup_p50"]
+    name = artifact.task_metric
+    if name and f"validate.{name}" in m:
+        summary["task_metric"] = {"name": name, "baseline": m[f"validate.{name}"],
+                                  "optimized": m.get(f"benchmark.{name}"),
+                                  "delta": m.get(f"benchmark.{name}_delta")}
+    summary["agreement"] = {k: m[f"benchmark.{k}"] for k in ("max_abs_error", "top1_agreement")
+                            if f"benchmark.{k}" in m}
+    after = next((m[k] for k in ("export.size_mb", "quantize.size_mb") if k in m), None)
+    summary["size_mb"] = {"before": m.get("load.size_mb"), "after": after}
+    return summary
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def render(summary: Mapping[str, Any]) -> str:
+    picked = "-".join(summary["choices"].get(g, "") for g in ("model", "quantize", "compile")).strip("-")
+    lines = [f"ptflow summary · {picked} · {len(summary['stages_s'])} stages in {summary['wall_s']:.1f} s",
+             f"  {'':<20}{'baseline':>12}{'optimized':>12}"]
+    latency = summary["latency_ms"]
+    for q in ("p50", "p90", "p99"):
+        if "optimized" in latency:
+            base = latency.get("baseline", {}).get(q)
+            extra = f"   speedup {summary['speedup_p50']:.2f}x" if q == "p50" and "speedup_p50" in summary else ""
+            lines.append(f"  {'latency ' + q + ' (ms)':<20}{_num(base):>12}{_num(latency['optimized'][q]):>12}{extra}")
+    task = summary.get("task_metric")
+    if task:
+        delta = f"   delta {task['delta']:+.4f}" if task.get("delta") is not None else ""
+        lines.append(f"  {task['name']:<20}{_num(task['baseline'], 4):>12}{_num(task['optimized'], 4):>12}{delta}")
+    agreement = summary["agreement"]
+    if agreement:
+        parts = []
+        if "top1_agreement" in agreement:
+            parts.append(f"top-1 {agreement['top1_agreement'] * 100:.2f}%")
+        parts.append(f"max abs err {agreement['max_abs_error']:.3g}")
+        lines.append(f"  {'output agreement':<20}{', '.join(parts)}")
+    size = summary["size_mb"]
+    if size["before"] is not None:
+        lines.append(f"  {'model size (MB)':<20}{_num(size['before'], 2):>12}{_num(size['after'], 2):>12}")
+    for path in summary["exports"]:
+        lines.append(f"  {'export':<20}{_relative(path)}")
+    mlflow = summary["mlflow"]
+    if mlflow["run_id"]:
+        lines.append(f"  {'MLflow run':<20}{mlflow['run_id']} (experiment '{mlflow['experiment']}')")
+        lines.append(f"  {'open the UI':<20}mlflow ui --backend-store-uri {mlflow['tracking_uri']}")
+    lines.append(f"  {'run dir':<20}{_relative(summary['run_dir'])}")
+    return "\n".join(lines)
+
+
+def _relative(path: str) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return path

@@ -1,0 +1,97 @@
+"""benchmark: latency of the optimized model and the baseline, measured alike in one run,
+plus how far the optimized model's outputs and task metric moved from the baseline's."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import torch
+
+from ptflow import fidelity, measure
+from ptflow.artifact import RUNNABLE, Artifact, Form
+from ptflow.errors import ConfigError, InputError, Problem
+from ptflow.spec import call, flatten_outputs, select_output
+from ptflow.stage import Environment, RunContext, register_stage
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    warmup: int = 10          # untimed calls per model before timing
+    iters: int = 100          # timed calls per model
+    rounds: int = 5           # alternate baseline/candidate this many times (drift hits both)
+    batch: int = 0            # which eval batch to time
+    baseline: bool = True     # also time the unoptimized model the same way
+    fidelity: bool = True     # accuracy and output agreement on every eval batch
+
+    def __post_init__(self) -> None:
+        for key, low in (("warmup", 0), ("iters", 2), ("rounds", 1), ("batch", 0)):
+            if getattr(self, key) < low:
+                raise ConfigError.single(key, getattr(self, key), f"an integer >= {low}")
+        if self.rounds > self.iters:
+            raise ConfigError.single("rounds", self.rounds, f"at most iters ({self.iters})")
+
+
+@register_stage("benchmark", config=BenchmarkConfig)
+class BenchmarkStage:
+    """Time baseline and candidate the same way (warm-up, alternating rounds, sync); score fidelity."""
+
+    requires = frozenset({"baseline"})
+    provides = frozenset({"latency"})
+
+    def __init__(self, config: BenchmarkConfig):
+        self.config = config
+
+    def consumes(self) -> frozenset[Form]:
+        return RUNNABLE
+
+    def produces(self, given: Form | None) -> Form:
+        return given
+
+    def preflight(self, env: Environment) -> list[Problem]:
+        return []
+
+    def run(self, artifact: Artifact, ctx: RunContext) -> Artifact:
+        cfg = self.config
+        if cfg.batch >= len(artifact.batches):
+            raise InputError(f"benchmark.batch={cfg.batch} but the data has {len(artifact.batches)} "
+                             f"eval batch(es); pick 0..{len(artifact.batches) - 1}")
+        inputs = artifact.batches[cfg.batch].inputs
+        fns = {"candidate": lambda: call(artifact.model, inputs)}
+        if cfg.baseline:
+            fns["baseline"] = lambda: call(artifact.baseline.model, inputs)
+        sync = torch.cuda.synchronize if artifact.device.startswith("cuda") else None
+        with torch.inference_mode():
+            samples = measure.paired_latency(fns, cfg.warmup, cfg.iters, cfg.rounds, sync, ctx.progress)
+        metrics: dict[str, float] = {"benchmark.batch_size": float(inputs.batch_size())}
+        stats = {name: measure.summarize(values) for name, values in samples.items()}
+        for name, stat in stats.items():
+            metrics.update(stat.as_metrics(f"benchmark.{name}"))
+            metrics[f"benchmark.{name}.throughput_per_s"] = inputs.batch_size() / (stat.p50_ms / 1e3)
+        if cfg.baseline:
+            metrics["benchmark.speedup_p50"] = stats["baseline"].p50_ms / stats["candidate"].p50_ms
+            metrics["benchmark.speedup_mean"] = stats["baseline"].mean_ms / stats["candidate"].mean_ms
+        if cfg.fidelity:
+            metrics.update(_fidelity(artifact, ctx))
+        path = ctx.path("benchmark", "latency_samples.json")
+        path.write_text(json.dumps({name: [s * 1e3 for s in values] for name, values in samples.items()}))
+        return artifact.with_metrics(metrics).with_files({"latency_samples": path})
+
+
+def _fidelity(artifact: Artifact, ctx: RunContext) -> dict[str, float]:
+    baseline = artifact.baseline
+    leaves, task_outputs = [], []
+    with torch.inference_mode():
+        for batch in ctx.progress(artifact.batches, desc="fidelity", unit="batch"):
+            result = call(artifact.model, batch.inputs)
+            leaves.append(fidelity.detach_leaves(flatten_outputs(result)))
+            task_outputs.append(select_output(result, artifact.output_key).detach().float().cpu())
+    try:
+        metrics = {f"benchmark.{k}": v for k, v in
+                   fidelity.agreement(baseline.outputs, leaves, baseline.task_output, task_outputs).items()}
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    if baseline.metric_name is not None:
+        value = fidelity.metric(baseline.metric_name).fn(task_outputs, [b.target for b in artifact.batches])
+        metrics[f"benchmark.{baseline.metric_name}"] = value
+        metrics[f"benchmark.{baseline.metric_name}_delta"] = value - baseline.metric
+    return metrics

@@ -1,0 +1,174 @@
+"""export: torch.export the model to a .pt2 file plus manifest.json, atomically.
+
+The .pt2 and the manifest are written under temporary names and renamed into place,
+the manifest last: a manifest next to a file means that file is complete and checked.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ptflow.artifact import Artifact, Form
+from ptflow.errors import ConfigError, InputError, Problem, invalid_choice
+from ptflow.spec import ModelInputs, call, flatten_outputs
+from ptflow.stage import Environment, RunContext, register_stage
+
+FORMATS = ("pt2",)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    format: str = "pt2"
+    dir: str | None = None        # null: <run dir>/export
+    name: str = "model"           # file stem: <name>.pt2
+    strict: bool = False          # torch.export strict (TorchDynamo) tracing
+    verify: bool = True           # reload the file and compare it with the in-memory model
+    verify_atol: float = 1e-4     # largest abs difference the reloaded file may show
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise invalid_choice("format", self.format, FORMATS)
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ConfigError.single("name", self.name, "a plain file stem such as 'model'")
+
+
+@register_stage("export", config=ExportConfig)
+class ExportStage:
+    """torch.export to .pt2 (dynamic batch), reload and check it, write manifest.json."""
+
+    requires = frozenset()
+    provides = frozenset({"export"})
+
+    def __init__(self, config: ExportConfig):
+        self.config = config
+
+    def consumes(self) -> frozenset[Form]:
+        return frozenset({Form.EAGER, Form.QUANTIZED, Form.COMPILED})
+
+    def produces(self, given: Form | None) -> Form:
+        return Form.EXPORTED
+
+    def preflight(self, env: Environment) -> list[Problem]:
+        if self.config.dir and Path(self.config.dir).exists() and not Path(self.config.dir).is_dir():
+            return [Problem("export.dir", self.config.dir, "a directory (or a path to create)")]
+        return []
+
+    def run(self, artifact: Artifact, ctx: RunContext) -> Artifact:
+        out_dir = Path(self.config.dir).expanduser().resolve() if self.config.dir else ctx.run_dir / "export"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        example = artifact.example.inputs
+        started = time.perf_counter()
+        program = torch.export.export(artifact.module, example.args, dict(example.kwargs),
+                                      dynamic_shapes=_dynamic_shapes(artifact), strict=self.config.strict)
+        target = out_dir / f"{self.config.name}.pt2"
+        manifest_path = out_dir / "manifest.json"
+        manifest_path.unlink(missing_ok=True)   # an old manifest must not vouch for a new file
+        partial = out_dir / f".{target.stem}.partial-{os.getpid()}{target.suffix}"  # torch wants .pt2
+        try:
+            torch.export.save(program, partial)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        export_s = time.perf_counter() - started
+        reloaded = torch.export.load(target).module() if self.config.verify else program.module()
+        error = self._verify(artifact, reloaded) if self.config.verify else float("nan")
+        digest = _sha256(target)
+        metrics = {"export.export_s": export_s, "export.size_mb": target.stat().st_size / 1e6,
+                   "export.reload_max_abs_error": error}
+        manifest = _manifest(self.config, artifact, ctx, target, digest, {**artifact.metrics, **metrics})
+        try:
+            _write_atomic(manifest_path, json.dumps(manifest, indent=2, default=str) + "\n")
+        except BaseException:
+            target.unlink(missing_ok=True)   # no manifest, no file: never leave it looking complete
+            raise
+        return artifact.evolve(model=reloaded, module=reloaded, form=Form.EXPORTED).with_metrics(
+            metrics).with_files({"export.pt2": target, "export.manifest": manifest_path})
+
+    def _verify(self, artifact: Artifact, reloaded: Any) -> float:
+        """Max abs difference, reloaded file vs in-memory module, on every eval batch."""
+        worst = 0.0
+        with torch.inference_mode():
+            checks = [b.inputs for b in artifact.batches]
+            if artifact.inputs.tensors[0].dynamic_dims():
+                checks.append(artifact.example.inputs.map(lambda t: t[:1]))  # a different batch size
+            for inputs in checks:
+                expected = flatten_outputs(call(artifact.module, inputs))
+                got = flatten_outputs(call(reloaded, inputs))
+                for (_, a), (_, b) in zip(expected, got):
+                    worst = max(worst, float((a.float() - b.float()).abs().max()))
+        if worst > self.config.verify_atol:
+            raise InputError(f"the reloaded {self.config.format} file differs from the model by {worst:.3g} "
+                             f"(export.verify_atol={self.config.verify_atol}); the export is not faithful")
+        return worst
+
+
+def _dynamic_shapes(artifact: Artifact) -> dict[str, Any] | None:
+    """Dynamic dims from the input spec, keyed by forward() argument name, one Dim per label."""
+    dims: dict[str, torch.export.Dim] = {}
+    shapes: dict[str, Any] = {}
+    for spec in artifact.inputs.tensors:
+        dynamic = spec.dynamic_dims()
+        shapes[spec.name] = {i: dims.setdefault(label, torch.export.Dim(label)) for i, label in dynamic.items()} \
+            if dynamic else None
+    if not any(shapes.values()):
+        return None
+    example: ModelInputs = artifact.example.inputs
+    if example.args and not example.kwargs:
+        return tuple(shapes.values())
+    return shapes
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        partial.write_text(text)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for package in ("torchao", "ptflow"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _manifest(config: ExportConfig, artifact: Artifact, ctx: RunContext, target: Path, digest: str,
+              metrics: dict[str, float]) -> dict[str, Any]:
+    return {
+        "format": config.format,
+        "file": target.name,
+        "sha256": digest,
+        "size_bytes": target.stat().st_size,
+        "source_form": artifact.form.value,
+        "inputs": artifact.inputs.describe(),
+        "outputs": [path for path, _ in artifact.baseline.outputs[0]] if artifact.baseline else None,
+        "config_hash": ctx.config_hash,
+        "lineage": [{"stage": r.name, "config": r.config} for r in artifact.lineage],
+        "versions": _versions(),
+        "device": ctx.settings,
+        "metrics": {k: v for k, v in sorted(metrics.items()) if not k.endswith("duration_s")},
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }

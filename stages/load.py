@@ -1,0 +1,205 @@
+"""load: build the model from a `_target_` builder plus a state_dict file; load eval data."""
+from __future__ import annotations
+
+import inspect
+import logging
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ptflow import fidelity
+from ptflow.artifact import Artifact, Form
+from ptflow.data import as_split, make_batches
+from ptflow.errors import ConfigError, InputError, Problem
+from ptflow.spec import Batch
+from ptflow.modelinfo import dtype_of, parameter_count, serialized_size_mb
+from ptflow.stage import Environment, RunContext, register_stage
+from ptflow.targets import check_target, instantiate, resolve_path
+
+log = logging.getLogger(__name__)
+SAFETENSORS = (".safetensors",)
+PICKLE_FORMATS = (".pt", ".pth", ".bin", ".ckpt")
+SHOWN_KEYS = 8
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    builder: dict[str, Any] | None = None  # `_target_` node building the architecture
+    weights: str | None = None             # .safetensors or .pt/.pth/.bin/.ckpt; pkg://pkg/file ships in a package
+    strict: bool = True                    # every key must match, both ways
+    state_dict_key: str | None = None      # entry of a checkpoint dict that holds the state_dict
+    trust_pickle: bool = False             # opt in: unpickle a full model (runs code from the file)
+    output_key: str | None = None          # the task output among the model's outputs; null = the first
+
+    def __post_init__(self) -> None:
+        if self.builder is None and not (self.trust_pickle and self.weights):
+            raise ConfigError.single("builder", None, "a `_target_` node that builds the model",
+                                     "or load a full pickled model with weights=<file> and trust_pickle=true")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: dict[str, Any]                 # `_target_` returning ptflow.data.Split or (inputs, targets)
+    batch_size: int = 150
+    max_batches: int | None = None
+    metric: str | None = "top1_accuracy"   # task metric on the targets; null for unlabelled data
+    dynamic_batch: bool = True             # the batch dim is dynamic in the input spec and exports
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError.single("batch_size", self.batch_size, "an integer >= 1")
+        if self.max_batches is not None and self.max_batches < 1:
+            raise ConfigError.single("max_batches", self.max_batches, "an integer >= 1 or null (all)")
+        if self.metric is not None:
+            fidelity.metric(self.metric)  # raises ConfigError with the registered names
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    model: ModelConfig
+    data: DataConfig
+
+
+@register_stage("load", config=LoadConfig, keys=("model", "data"))
+class LoadStage:
+    """Build the model and load its weights (safely); cut the eval data into batches."""
+
+    requires = frozenset()
+    provides = frozenset()
+
+    def __init__(self, config: LoadConfig):
+        self.config = config
+
+    def consumes(self) -> frozenset[Form]:
+        return frozenset()
+
+    def produces(self, given: Form | None) -> Form:
+        return Form.EAGER
+
+    def preflight(self, env: Environment) -> list[Problem]:
+        model = self.config.model
+        problems = check_target(self.config.data.source, "data.source")
+        if model.builder is not None:
+            problems += check_target(model.builder, "model.builder")
+        if model.weights:
+            path = resolve_path(model.weights)
+            if not path.is_file():
+                problems.append(Problem("model.weights", model.weights, "an existing weights file",
+                                        f"no file at {path}"))
+            elif path.suffix not in SAFETENSORS + PICKLE_FORMATS:
+                problems.append(Problem("model.weights", model.weights,
+                                        "a file ending in " + ", ".join(SAFETENSORS + PICKLE_FORMATS)))
+        return problems
+
+    def run(self, artifact: Artifact | None, ctx: RunContext) -> Artifact:
+        data = self.config.data
+        split = as_split(instantiate(data.source))
+        batches = tuple(Batch(b.inputs.map(lambda t: t.to(ctx.device)), b.target)
+                        for b in make_batches(split, data.batch_size, data.max_batches))
+        module = build_model(self.config.model).to(ctx.device).eval().requires_grad_(False)
+        arg_names = [p for p in inspect.signature(module.forward).parameters if p != "self"]
+        spec = batches[0].inputs.spec(arg_names, dynamic_batch=data.dynamic_batch)
+        return Artifact(
+            model=module, form=Form.EAGER, module=module, inputs=spec, batches=batches,
+            device=ctx.device, dtype=dtype_of(module), output_key=self.config.model.output_key,
+            task_metric=data.metric,
+            settings=dict(ctx.settings),
+            metrics={"load.parameters": float(parameter_count(module)),
+                     "load.size_mb": serialized_size_mb(module),
+                     "load.eval_examples": float(sum(b.inputs.batch_size() for b in batches)),
+                     "load.batches": float(len(batches))},
+        )
+
+
+def build_model(config: ModelConfig) -> torch.nn.Module:
+    if config.weights is None:
+        log.warning("model.weights is null: using the parameters model.builder creates")
+        return instantiate(config.builder)
+    path = resolve_path(config.weights)
+    loaded = read_weights(path, config.trust_pickle)
+    if isinstance(loaded, torch.nn.Module):
+        return loaded
+    state = select_state_dict(loaded, config.state_dict_key, path)
+    module = instantiate(config.builder)
+    check_keys(module, state, config.strict, path)
+    module.load_state_dict(state, strict=config.strict)
+    return module
+
+
+def read_weights(path: Path, trust_pickle: bool) -> Any:
+    if path.suffix in SAFETENSORS:
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError as error:
+        raise InputError(
+            f"{path} holds pickled Python objects, not just tensors (e.g. a whole model saved with "
+            "torch.save(model)). Unpickling runs code from the file, so ptflow refuses by default.\n"
+            "  fix: save model.state_dict() instead, or — only if you trust the file — set "
+            "model.trust_pickle=true.") from error
+
+
+def select_state_dict(loaded: Any, key: str | None, path: Path) -> dict[str, torch.Tensor]:
+    if not isinstance(loaded, dict):
+        raise InputError(f"{path} holds a {type(loaded).__name__}, not a state_dict (a dict of tensors)")
+    if key is not None:
+        if key not in loaded:
+            raise InputError(f"model.state_dict_key={key!r} is not in {path}; its keys: {sorted(loaded)[:20]}")
+        loaded = loaded[key]
+    elif loaded and not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        nested = [k for k, v in loaded.items() if isinstance(v, dict)]
+        raise InputError(f"{path} is a checkpoint dict with entries {sorted(loaded)[:20]}, not a plain "
+                         f"state_dict; set model.state_dict_key to the entry that holds the weights"
+                         + (f" (one of {nested})" if nested else ""))
+    return loaded
+
+
+def _listing(keys: list[str]) -> str:
+    shown = ", ".join(keys[:SHOWN_KEYS])
+    return shown + (f", … (+{len(keys) - SHOWN_KEYS} more)" if len(keys) > SHOWN_KEYS else "")
+
+
+def _renamed_prefix(missing: list[str], unexpected: list[str]) -> tuple[str, str] | None:
+    """('layers.', 'net.') when the two key sets differ only in their first component."""
+    def split(keys: list[str]) -> tuple[set[str], set[str]]:
+        parts = [k.split(".", 1) for k in keys if "." in k]
+        return {p[0] for p in parts}, {p[1] for p in parts}
+
+    (file_heads, file_rest), (model_heads, model_rest) = split(unexpected), split(missing)
+    if missing and len(file_heads) == len(model_heads) == 1 and file_rest == model_rest:
+        return f"{file_heads.pop()}.", f"{model_heads.pop()}."
+    return None
+
+
+def check_keys(module: torch.nn.Module, state: dict[str, Any], strict: bool, path: Path) -> None:
+    """Raise a readable InputError if `state` does not fit `module`."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+              for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if not shapes and not (strict and (missing or unexpected)):
+        return
+    lines = [f"the state_dict in {path} does not match {type(module).__name__}:"]
+    if missing:
+        lines.append(f"  missing from the file ({len(missing)}): {_listing(missing)}")
+    if unexpected:
+        lines.append(f"  unexpected in the file ({len(unexpected)}): {_listing(unexpected)}")
+    if shapes:
+        lines.append(f"  shape mismatches ({len(shapes)}): {_listing(shapes)}")
+    renamed = _renamed_prefix(missing, unexpected)
+    if renamed:
+        lines.append(f"  hint: the file names its modules '{renamed[0]}…' where the model has "
+                     f"'{renamed[1]}…' — a renamed attribute or a different architecture")
+    elif unexpected and all(k.startswith("module.") for k in unexpected):
+        lines.append("  hint: every file key starts with 'module.' — it was saved from a "
+                     "DataParallel/DDP wrapper; save model.module.state_dict() instead")
+    lines.append("  fix: point model.weights at a checkpoint of this architecture or correct "
+                 "model.builder's arguments" + ("; model.strict=false loads only the matching keys"
+                                                if not shapes else ""))
+    raise InputError("\n".join(lines))

@@ -1,0 +1,108 @@
+"""validate: run the unoptimized model on every eval batch, check it, record the baseline."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ptflow import fidelity
+from ptflow.artifact import Artifact, Baseline, Form
+from ptflow.errors import ConfigError, InputError, Problem
+from ptflow.spec import call, flatten_outputs, select_output
+from ptflow.stage import Environment, RunContext, register_stage
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    check_finite: bool = True
+    # expected shape of the task output; null entries match any size, e.g. [null, 10]
+    output_shape: tuple[int | None, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.output_shape is not None and any(d is not None and d < 0 for d in self.output_shape):
+            raise ConfigError.single("output_shape", list(self.output_shape), "sizes >= 0 or null")
+
+
+@register_stage("validate", config=ValidateConfig)
+class ValidateStage:
+    """Check outputs (shapes, finiteness) and record the baseline every later stage compares to."""
+
+    requires = frozenset()
+    provides = frozenset({"baseline"})
+
+    def __init__(self, config: ValidateConfig):
+        self.config = config
+
+    def consumes(self) -> frozenset[Form]:
+        return frozenset({Form.EAGER})  # the baseline must be the unoptimized model
+
+    def produces(self, given: Form | None) -> Form:
+        return given
+
+    def preflight(self, env: Environment) -> list[Problem]:
+        return []
+
+    def run(self, artifact: Artifact, ctx: RunContext) -> Artifact:
+        outputs, task_outputs = [], []
+        reference_shapes: dict[str, tuple[int, ...]] | None = None
+        with torch.inference_mode():
+            for index, batch in enumerate(ctx.progress(artifact.batches, desc="validate", unit="batch")):
+                result = call(artifact.model, batch.inputs)
+                leaves = flatten_outputs(result)
+                if not leaves:
+                    raise InputError(f"the model returned no tensors (got {type(result).__name__})")
+                if self.config.check_finite:
+                    _check_finite(leaves, index)
+                shapes = {path: tuple(t.shape[1:]) for path, t in leaves}
+                if reference_shapes is not None and shapes != reference_shapes:
+                    raise InputError(f"output shapes change between eval batches: batch 0 gave "
+                                     f"{reference_shapes}, batch {index} gave {shapes}")
+                reference_shapes = shapes
+                task = _task_output(result, artifact.output_key)
+                self._check_shape(task, batch.inputs.batch_size(), index)
+                outputs.append(fidelity.detach_leaves(leaves))
+                task_outputs.append(task.detach().float().cpu().clone())
+        metric = _task_metric(artifact, task_outputs)
+        baseline = Baseline(artifact.model, tuple(outputs), tuple(task_outputs), artifact.task_metric, metric)
+        metrics = {"validate.output_leaves": float(len(outputs[0]))}
+        if metric is not None:
+            metrics[f"validate.{artifact.task_metric}"] = metric
+        return artifact.evolve(baseline=baseline).with_metrics(metrics)
+
+    def _check_shape(self, task: torch.Tensor, batch_size: int, index: int) -> None:
+        shape = tuple(task.shape)
+        if not shape or shape[0] != batch_size:
+            raise InputError(f"the task output has shape {shape} on eval batch {index}; expected the "
+                             f"batch dim first ({batch_size}, ...)")
+        wanted = self.config.output_shape
+        if wanted is not None and (len(wanted) != len(shape)
+                                   or any(w is not None and w != s for w, s in zip(wanted, shape))):
+            raise InputError(f"the task output has shape {shape}; validate.output_shape expects "
+                             f"{[w for w in wanted]} (null = any size)")
+
+
+def _check_finite(leaves: list[tuple[str, torch.Tensor]], index: int) -> None:
+    for path, tensor in leaves:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            nan, inf = int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
+            raise InputError(
+                f"{path} has {nan} NaN and {inf} Inf values (of {tensor.numel()}) on eval batch {index}. "
+                "The unoptimized model must give finite outputs before an optimization can be judged: "
+                "check the weights file and the input scaling (validate.check_finite=false skips this)")
+
+
+def _task_output(result: object, key: str | None) -> torch.Tensor:
+    try:
+        return select_output(result, key)
+    except KeyError as error:
+        raise InputError(f"{error.args[0]} (set model.output_key)") from None
+
+
+def _task_metric(artifact: Artifact, task_outputs: list[torch.Tensor]) -> float | None:
+    if artifact.task_metric is None:
+        return None
+    targets = [b.target for b in artifact.batches]
+    if any(t is None for t in targets):
+        raise InputError(f"data.metric={artifact.task_metric!r} needs targets, but the data source "
+                         "returned none; set data.metric=null for unlabelled data")
+    return fidelity.metric(artifact.task_metric).fn(task_outputs, targets)
