@@ -37,7 +37,7 @@ def sanitize_key(key: str) -> str:
     clean = _BAD_KEY_CHARS.sub("_", key)
     if len(clean) > MAX_KEY:
         digest = hashlib.sha256(clean.encode()).hexdigest()[:12]
-        clean = f"{clean[: MAX_KEY - 13]}~{digest}"
+        clean = f"{clean[: MAX_KEY - 13]}-{digest}"
     return clean
 
 

@@ -171,11 +171,11 @@ def _unwrap(tp: Any) -> Any:
 
 def _compose(config_dirs: Sequence[Path], overrides: Sequence[str]) -> dict[str, Any]:
     """Compose with Hydra; return the config (unresolved, no hydra node)."""
-    cfg, _ = _compose_full(config_dirs, overrides, resolve=False)
+    cfg, _ = compose_config(config_dirs, overrides, resolve=False)
     return cfg
 
 
-def _compose_full(config_dirs: Sequence[Path], overrides: Sequence[str], resolve: bool
+def compose_config(config_dirs: Sequence[Path], overrides: Sequence[str], resolve: bool
                   ) -> tuple[dict[str, Any], dict[str, str]]:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -204,7 +204,7 @@ def _compose_full(config_dirs: Sequence[Path], overrides: Sequence[str], resolve
 
 
 def compose_job(config_dirs: Sequence[Path], overrides: Sequence[str]) -> Job:
-    config, choices = _compose_full(config_dirs, overrides, resolve=True)
+    config, choices = compose_config(config_dirs, overrides, resolve=True)
     return Job(tuple(overrides), config, compile_plan(config, choices))
 
 

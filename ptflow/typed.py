@@ -83,7 +83,10 @@ def _convert_union(tp: Any, value: object, path: str, problems: list[Problem]) -
             return None
         problems.append(Problem(path, None, _type_name(tp)))
         return None
-    for arg in (a for a in args if a is not type(None)):
+    candidates = [a for a in args if a is not type(None)]
+    if len(candidates) == 1:   # Optional[X]: X's own problem is the precise one
+        return _convert(candidates[0], value, path, problems)
+    for arg in candidates:
         trial: list[Problem] = []
         converted = _convert(arg, value, path, trial)
         if not trial:

@@ -68,24 +68,28 @@ class ExportStage:
         out_dir.mkdir(parents=True, exist_ok=True)
         example = artifact.example.inputs
         started = time.perf_counter()
+        with torch.inference_mode():
+            _register_output_types(call(artifact.module, example))
         program = torch.export.export(artifact.module, example.args, dict(example.kwargs),
                                       dynamic_shapes=_dynamic_shapes(artifact), strict=self.config.strict)
         target = out_dir / f"{self.config.name}.pt2"
         manifest_path = out_dir / "manifest.json"
-        manifest_path.unlink(missing_ok=True)   # an old manifest must not vouch for a new file
         partial = out_dir / f".{target.stem}.partial-{os.getpid()}{target.suffix}"  # torch wants .pt2
         try:
             torch.export.save(program, partial)
+            export_s = time.perf_counter() - started
+            reloaded = torch.export.load(partial).module() if self.config.verify else program.module()
+            error = self._verify(artifact, reloaded) if self.config.verify else float("nan")
+            metrics = {"export.export_s": export_s, "export.size_mb": partial.stat().st_size / 1e6,
+                       "export.reload_max_abs_error": error}
+            manifest = _manifest(self.config, artifact, ctx, target, partial,
+                                 {**artifact.metrics, **metrics})
+            # Complete and checked: it may take its final name. Until here an earlier export in
+            # this dir stayed intact; from here its manifest must not vouch for the new file.
+            manifest_path.unlink(missing_ok=True)
             os.replace(partial, target)
         finally:
             partial.unlink(missing_ok=True)
-        export_s = time.perf_counter() - started
-        reloaded = torch.export.load(target).module() if self.config.verify else program.module()
-        error = self._verify(artifact, reloaded) if self.config.verify else float("nan")
-        digest = _sha256(target)
-        metrics = {"export.export_s": export_s, "export.size_mb": target.stat().st_size / 1e6,
-                   "export.reload_max_abs_error": error}
-        manifest = _manifest(self.config, artifact, ctx, target, digest, {**artifact.metrics, **metrics})
         try:
             _write_atomic(manifest_path, json.dumps(manifest, indent=2, default=str) + "\n")
         except BaseException:
@@ -110,6 +114,28 @@ class ExportStage:
             raise InputError(f"the reloaded {self.config.format} file differs from the model by {worst:.3g} "
                              f"(export.verify_atol={self.config.verify_atol}); the export is not faithful")
         return worst
+
+
+def _register_output_types(value: object) -> None:
+    """torch.export needs dataclass outputs registered as pytree nodes (Hugging Face's
+    ModelOutput does this itself); register any plain dataclass the model returns."""
+    import dataclasses
+
+    from torch.utils import _pytree
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        if type(value) not in _pytree.SUPPORTED_NODES:
+            cls = type(value)
+            torch.export.register_dataclass(cls, serialized_type_name=f"{cls.__module__}.{cls.__qualname__}")
+        children = [getattr(value, f.name) for f in dataclasses.fields(value)]
+    elif isinstance(value, dict):
+        children = list(value.values())
+    elif isinstance(value, (list, tuple)):
+        children = list(value)
+    else:
+        return
+    for child in children:
+        _register_output_types(child)
 
 
 def _dynamic_shapes(artifact: Artifact) -> dict[str, Any] | None:
@@ -155,13 +181,13 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _manifest(config: ExportConfig, artifact: Artifact, ctx: RunContext, target: Path, digest: str,
+def _manifest(config: ExportConfig, artifact: Artifact, ctx: RunContext, target: Path, written: Path,
               metrics: dict[str, float]) -> dict[str, Any]:
     return {
         "format": config.format,
         "file": target.name,
-        "sha256": digest,
-        "size_bytes": target.stat().st_size,
+        "sha256": _sha256(written),
+        "size_bytes": written.stat().st_size,
         "source_form": artifact.form.value,
         "inputs": artifact.inputs.describe(),
         "outputs": [path for path, _ in artifact.baseline.outputs[0]] if artifact.baseline else None,

@@ -1,0 +1,4 @@
+"""`python -m ptflow` is the `ptflow` command."""
+from ptflow.cli import main
+
+main()

@@ -1,0 +1,78 @@
+"""Shared fixtures: run the real `ptflow` command in a temp dir and read its MLflow record."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+    cwd: Path
+
+    @property
+    def outputs(self) -> Path:
+        return self.cwd / "outputs"
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{self.outputs / 'mlflow.db'}"
+
+
+def run_cli(cwd: Path, *args: str, timeout: int = 600) -> CliResult:
+    """`ptflow ARGS` as a user runs it, from `cwd` (so outputs/ lands there)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "ptflow", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+    return CliResult(proc.returncode, proc.stdout, proc.stderr, cwd)
+
+
+@pytest.fixture
+def ptflow(tmp_path):
+    return lambda *args, **kw: run_cli(tmp_path, *args, **kw)
+
+
+def mlflow_runs(result: CliResult, experiment: str = "ptflow"):
+    """Every run of `experiment` in the result's store (MLflow Run objects)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=result.tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    return [] if found is None else client.search_runs([found.experiment_id])
+
+
+def compose(*overrides: str) -> tuple[dict, dict]:
+    """The resolved config (no hydra node) and group choices, as the CLI composes them."""
+    from ptflow.cli import CONFIG_DIR
+    from ptflow.preflight import compose_config
+
+    return compose_config([CONFIG_DIR], list(overrides), resolve=True)
+
+
+def make_context(run_dir: Path, plan, config: dict | None = None):
+    """A RunContext like the job runner's, for running plans in-process."""
+    from ptflow import device, engine
+    from ptflow.stage import RunContext
+
+    return RunContext(run_dir, plan.settings.device.name, plan.settings.seed, "0" * 64, config or {},
+                      device.capture(plan.settings.device), engine.progress)

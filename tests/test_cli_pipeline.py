@@ -1,0 +1,96 @@
+"""End to end through the real CLI and Hydra app: the default pipeline and a sweep."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import mlflow_runs, run_cli
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    return run_cli(tmp_path_factory.mktemp("default"))
+
+
+def test_default_pipeline_succeeds_and_prints_summary(default_run):
+    assert default_run.code == 0, default_run.stderr
+    out = default_run.stdout
+    for text in ("latency p50", "latency p99", "speedup", "top1_accuracy", "output agreement",
+                 "model size", "export", "MLflow run", "mlflow ui --backend-store-uri sqlite:///"):
+        assert text in out
+
+
+def test_default_pipeline_logs_sane_metrics(default_run):
+    (run,) = mlflow_runs(default_run)
+    assert run.info.status == "FINISHED"
+    m = run.data.metrics
+    assert m["validate.top1_accuracy"] > 0.95                 # the bundled model is really trained
+    assert m["benchmark.speedup_p50"] > 1.0                   # int8 is faster than fp32 here
+    assert abs(m["benchmark.top1_accuracy_delta"]) < 0.02     # and barely less accurate
+    assert m["benchmark.top1_agreement"] > 0.97
+    assert 0 < m["benchmark.max_abs_error"] < 1.0
+    assert m["benchmark.candidate.p50_ms"] <= m["benchmark.candidate.p90_ms"] <= m["benchmark.candidate.p99_ms"]
+    assert m["benchmark.candidate.n"] == m["benchmark.baseline.n"] == 100
+    assert m["quantize.size_mb"] < m["load.size_mb"] / 2
+    assert m["export.reload_max_abs_error"] <= 1e-4
+    for stage in ("load", "validate", "quantize", "compile", "benchmark", "export"):
+        assert f"{stage}.duration_s" in m
+
+
+def test_default_pipeline_logs_params_tags_and_artifacts(default_run):
+    from mlflow.tracking import MlflowClient
+
+    (run,) = mlflow_runs(default_run)
+    params, tags = run.data.params, run.data.tags
+    assert params["quantize.method"] == "int8_dynamic"
+    assert params["pipeline"] == json.dumps(["load", "validate", "quantize", "compile", "benchmark", "export"])
+    for key in ("torch_version", "device_name", "threads", "interop_threads", "matmul_precision",
+                "cudnn_benchmark"):
+        assert f"system.{key}" in params
+    assert not any(k.startswith("hydra") for k in params)
+    assert tags["quantize"] == "int8_dynamic" and tags["compile"] == "eager" and tags["model"] == "digits_mlp"
+    assert "git_sha" in tags and "hostname" in tags
+    client = MlflowClient(tracking_uri=default_run.tracking_uri)
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "overrides.txt", "plan.txt", "summary.json", "files"} <= names
+    files = {a.path for a in client.list_artifacts(run.info.run_id, "files")}
+    assert {"files/export.pt2", "files/export.manifest"} <= files
+
+
+def test_export_manifest_matches_the_file(default_run):
+    (manifest_path,) = default_run.outputs.glob("runs/*/*/export/manifest.json")
+    manifest = json.loads(manifest_path.read_text())
+    exported = manifest_path.with_name(manifest["file"])
+    assert manifest["sha256"] == hashlib.sha256(exported.read_bytes()).hexdigest()
+    assert manifest["size_bytes"] == exported.stat().st_size
+    assert manifest["inputs"][0]["shape"] == ["batch", 64]
+    assert [entry["stage"] for entry in manifest["lineage"]] == ["load", "validate", "quantize", "compile",
+                                                                "benchmark"]
+    assert "benchmark.speedup_p50" in manifest["metrics"] and len(manifest["config_hash"]) == 64
+    assert not list(manifest_path.parent.glob(".*partial*"))   # nothing half-written left behind
+
+
+def test_multirun_records_each_job_in_one_experiment(ptflow):
+    result = ptflow("-m", "quantize=none,int8_dynamic", "benchmark=quick", "pipeline=[load,validate,quantize,benchmark]")
+    assert result.code == 0, result.stderr
+    assert "2/2 job(s)" in result.stdout and "2 finished, 0 failed" in result.stdout
+    runs = mlflow_runs(result)
+    assert sorted(r.data.params["quantize.method"] for r in runs) == ["int8_dynamic", "none"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert len({r.data.tags["ptflow.sweep"] for r in runs}) == 1
+    assert len({r.info.experiment_id for r in runs}) == 1
+    assert mlflow_runs(result, "Default") == []           # no job fell into experiment 0
+
+
+def test_latency_only_pipeline_without_tracking(ptflow):
+    result = ptflow("experiment=latency_only", "tracking=none", "benchmark=quick", "quantize=none")
+    assert result.code == 0, result.stderr
+    assert not (result.outputs / "mlflow.db").exists()
+    (summary_path,) = result.outputs.glob("runs/*/*/summary.json")
+    summary = json.loads(summary_path.read_text())
+    assert list(summary["stages_s"]) == ["load", "validate", "quantize", "compile", "benchmark"]
+    assert summary["exports"] == [] and summary["mlflow"]["run_id"] is None
+    assert 0.5 < summary["speedup_p50"] < 2.0                 # fp32 vs itself: about 1

@@ -1,0 +1,26 @@
+"""The GPU path (skipped where torch.cuda.is_available() is False, as in CI)."""
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import mlflow_runs
+
+pytestmark = pytest.mark.cuda
+
+
+def test_default_pipeline_on_cuda_with_inductor(ptflow):
+    result = ptflow("device=cuda", "compile=inductor", "benchmark=quick")
+    assert result.code == 0, result.stderr
+    (run,) = mlflow_runs(result)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["system.device"] == "cuda:0"
+    assert "cuda_version" in " ".join(run.data.params)
+    assert run.data.metrics["benchmark.top1_accuracy"] > 0.95
+
+
+def test_cuda_graphs_mode_runs_on_cuda(ptflow):
+    result = ptflow("device=cuda", "quantize=none", "compile=inductor", "compile.mode=reduce-overhead",
+                    "benchmark=quick", "experiment=latency_only")
+    assert result.code == 0, result.stderr
+    (run,) = mlflow_runs(result)
+    assert run.data.metrics["compile.compile_s"] > 0

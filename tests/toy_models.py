@@ -1,0 +1,37 @@
+"""Small models and data for in-process tests: keyword inputs and structured outputs,
+the calling convention of Hugging Face models."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ptflow.data import Split
+
+
+@dataclass
+class ToyOutput:
+    logits: torch.Tensor
+    hidden: torch.Tensor
+
+
+class KeywordNet(nn.Module):
+    """(features, mask) by name -> ToyOutput(logits, hidden)."""
+
+    def __init__(self, width: int = 16, classes: int = 3):
+        super().__init__()
+        self.encode = nn.Linear(8, width)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> ToyOutput:
+        hidden = torch.relu(self.encode(features * mask))
+        return ToyOutput(logits=self.head(hidden), hidden=hidden)
+
+
+def keyword_split(rows: int = 40, seed: int = 0) -> Split:
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.randn(rows, 8, generator=generator)
+    mask = torch.ones(rows, 8)
+    targets = (features[:, 0] > 0).long() + (features[:, 1] > 1).long()
+    return Split({"features": features, "mask": mask}, targets)
