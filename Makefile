@@ -23,7 +23,8 @@ test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q $(ARGS)
 
 bench: $(VENV)/.installed
-	$(BIN)/python bench/int8_speedup.py
+	$(BIN)/python bench/recipes.py
+	$(BIN)/python bench/cli_startup.py
 
 clean:
 	rm -rf outputs

@@ -37,6 +37,8 @@ def build(artifact: Artifact, choices: Mapping[str, str], run_dir: Path, wall_s:
                             if f"benchmark.{k}" in m}
     after = next((m[k] for k in ("export.size_mb", "quantize.size_mb") if k in m), None)
     summary["size_mb"] = {"before": m.get("load.size_mb"), "after": after}
+    if m.get("compile.compile_s"):
+        summary["compile_s"] = m["compile.compile_s"]
     return summary
 
 
@@ -68,6 +70,8 @@ def render(summary: Mapping[str, Any]) -> str:
     size = summary["size_mb"]
     if size["before"] is not None:
         lines.append(f"  {'model size (MB)':<20}{_num(size['before'], 2):>12}{_num(size['after'], 2):>12}")
+    if summary.get("compile_s"):
+        lines.append(f"  {'compile time (s)':<20}{'':>12}{summary['compile_s']:>12.2f}")
     for path in summary["exports"]:
         lines.append(f"  {'export':<20}{_relative(path)}")
     mlflow = summary["mlflow"]

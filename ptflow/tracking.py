@@ -59,11 +59,11 @@ def prepare(config: TrackingConfig, outputs_dir: Path) -> str:
     uri = store_uri(config, outputs_dir)
     if uri.startswith("sqlite:"):
         outputs_dir.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=uri)
     db_log = logging.getLogger("mlflow.store.db.utils")   # "Creating initial MLflow database tables..."
     level = db_log.level
     db_log.setLevel(logging.WARNING)
     try:
+        client = MlflowClient(tracking_uri=uri)
         experiment = client.get_experiment_by_name(config.experiment)
     finally:
         db_log.setLevel(level)

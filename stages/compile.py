@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import enum
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -69,7 +70,9 @@ class CompileStage:
         compiled = torch.compile(artifact.model, backend="inductor", mode=self.config.mode.value,
                                  fullgraph=self.config.fullgraph, dynamic=self.config.dynamic)
         started = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), warnings.catch_warnings():
+            # torchao's tensor subclasses lack a cache-hash hook; inductor says so once per type.
+            warnings.filterwarnings("ignore", message=".*_stable_hash_for_caching")
             call(compiled, artifact.example.inputs)
         if artifact.device.startswith("cuda"):
             torch.cuda.synchronize()
