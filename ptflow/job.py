@@ -54,7 +54,7 @@ def run(config: dict[str, Any], config_yaml: str, choices: dict[str, str], overr
 
         device.apply(settings.device)
         torch.manual_seed(settings.seed)
-        ctx = RunContext(run_dir, settings.device.name, settings.seed, config_hash(config), config,
+        ctx = RunContext(run_dir, settings.device.name, settings.seed, config_hash(config),
                          device.capture(settings.device), engine.progress)
         outputs_dir = Path(settings.outputs_dir).resolve()
         if settings.tracking.enabled:

@@ -26,11 +26,6 @@ class Environment:
 
     device_type: str
 
-    def cuda_available(self) -> bool:
-        import torch
-
-        return torch.cuda.is_available()
-
 
 @dataclass(frozen=True)
 class RunContext:
@@ -40,7 +35,6 @@ class RunContext:
     device: str
     seed: int
     config_hash: str
-    resolved_config: Mapping[str, Any]
     settings: Mapping[str, Any]          # device settings in force (device.capture)
     progress: Callable[..., Iterable]    # tqdm-like: progress(iterable, desc=..., total=...)
 

@@ -69,10 +69,10 @@ def compose(*overrides: str) -> tuple[dict, dict]:
     return compose_config([CONFIG_DIR], list(overrides), resolve=True)
 
 
-def make_context(run_dir: Path, plan, config: dict | None = None):
+def make_context(run_dir: Path, plan):
     """A RunContext like the job runner's, for running plans in-process."""
     from ptflow import device, engine
     from ptflow.stage import RunContext
 
-    return RunContext(run_dir, plan.settings.device.name, plan.settings.seed, "0" * 64, config or {},
+    return RunContext(run_dir, plan.settings.device.name, plan.settings.seed, "0" * 64,
                       device.capture(plan.settings.device), engine.progress)

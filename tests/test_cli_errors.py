@@ -105,3 +105,17 @@ def test_pickled_model_is_refused_unless_trusted(ptflow, tmp_path):
     torch.save(DigitsMLP(hidden=32), pickled)
     _assert_failed_run(ptflow(f"model.weights={pickled}", "experiment=latency_only", *QUICK),
                        "stage 'load' failed", "model.trust_pickle=true")
+
+
+def test_a_failing_sweep_job_does_not_stop_the_others(ptflow, tmp_path):
+    state = load_file(BUNDLED)
+    state["net.0.bias"] = torch.full_like(state["net.0.bias"], float("nan"))
+    from safetensors.torch import save_file
+
+    poisoned = tmp_path / "nan.safetensors"
+    save_file(state, str(poisoned))
+    result = ptflow("-m", f"model.weights={poisoned},pkg://ptflow.zoo/digits_mlp.safetensors",
+                    "experiment=latency_only", *QUICK)
+    assert result.code == 1
+    assert "1 finished, 1 failed" in result.stdout
+    assert sorted(r.info.status for r in mlflow_runs(result)) == ["FAILED", "FINISHED"]

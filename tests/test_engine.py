@@ -52,7 +52,7 @@ class Recorder:
 def _run(tmp_path, *overrides, hooks=()):
     config, choices = _toy_config(*overrides)
     plan = compile_plan(config, choices)
-    return engine.run(plan, make_context(tmp_path, plan, config), hooks)
+    return engine.run(plan, make_context(tmp_path, plan), hooks)
 
 
 def test_keyword_inputs_and_dataclass_outputs_go_through_every_stage(tmp_path):
