@@ -52,10 +52,10 @@ def run(plan: Plan, ctx: RunContext, hooks: Sequence[Any] = ()) -> Artifact:
     error: BaseException | None = None
     _emit(hooks, "before_run", plan, ctx)
     try:
-        bar = tqdm(plan.stages, desc="pipeline", unit="stage", leave=False, disable=None)
-        for planned in bar:
-            bar.set_postfix_str(planned.name)
-            artifact = _run_stage(planned, artifact, ctx, hooks)
+        with tqdm(plan.stages, desc="pipeline", unit="stage", leave=False, disable=None) as bar:
+            for planned in bar:
+                bar.set_postfix_str(planned.name)
+                artifact = _run_stage(planned, artifact, ctx, hooks)
         return artifact
     except BaseException as exc:
         error = exc

@@ -66,6 +66,7 @@ def check(overrides: Sequence[str], config_dir: Path, extra_dirs: Sequence[Path]
             problems.append(Problem(override.key_or_group, ",".join(values),
                                     "one value (sweeping several needs -m / --multirun)",
                                     f"run: ptflow -m {override.input_line}"))
+            sweeps.append([])
             continue
         name = override.key_or_group
         if name.startswith("hydra") or override.is_delete():
@@ -80,22 +81,23 @@ def check(overrides: Sequence[str], config_dir: Path, extra_dirs: Sequence[Path]
             sweeps.append([f"{key}={v}" for v in values])
     group_items = [s for s, o in zip(sweeps, parsed) if o.key_or_group in groups]
     base = _compose([config_dir, *extra_dirs], [s[0] for s in group_items if s])
-    normalised: list[list[str]] = []
+    normalised: list[list[str]] = []   # per override: its items, as each job will see them
+    launch: list[str] = []             # per override: the text Hydra gets (the user's own)
     for override, items in zip(parsed, sweeps):
         if override.key_or_group in groups or override.key_or_group.startswith("hydra") or not items:
             normalised.append(items)
+            launch.append(override.input_line)
             continue
-        fixed = _check_key(override, base, problems)
-        normalised.append([f"{fixed}{item[len(override.get_key_element()):]}" for item in items]
-                          if fixed is not None else [])
+        prefix = _key_prefix(override, base, problems)
+        normalised.append([] if prefix is None else [prefix + item for item in items])
+        launch.append((prefix or "") + override.input_line)
     try:   # plan the jobs with the overrides that passed, so one report lists everything
         jobs = _plan_jobs([config_dir, *extra_dirs], [items for items in normalised if items])
     except ConfigError as error:
         problems.extend(error.problems)
     if problems:
         raise ConfigError(problems)
-    flat = tuple(_join_sweep(items) for items in normalised if items)
-    return Checked(flat, jobs)
+    return Checked(tuple(launch), jobs)
 
 
 def _values(override: Any) -> list[str]:
@@ -106,19 +108,11 @@ def _values(override: Any) -> list[str]:
     return [override.input_line.split("=", 1)[1]]   # as typed: keeps 'true', quoting, lists
 
 
-def _join_sweep(items: list[str]) -> str:
-    if len(items) == 1:
-        return items[0]
-    key = items[0].split("=", 1)[0]
-    return f"{key}=" + ",".join(item.split("=", 1)[1] for item in items)
-
-
-def _check_key(override: Any, base: Mapping[str, Any], problems: list[Problem]) -> str | None:
-    """The key element Hydra should see ('++key' where the yaml omits a schema field), or None."""
-    key_element = override.get_key_element()
+def _key_prefix(override: Any, base: Mapping[str, Any], problems: list[Problem]) -> str | None:
+    """'' if the key exists, '++' for a schema field the yaml omits, None (and a problem) if unknown."""
     path = override.key_or_group.split(".")
-    if key_element.startswith("+") or override.package:
-        return key_element
+    if override.get_key_element().startswith("+") or override.package:
+        return ""
     node: Any = base
     for depth, part in enumerate(path):
         if isinstance(node, Mapping) and part in node:
@@ -126,7 +120,7 @@ def _check_key(override: Any, base: Mapping[str, Any], problems: list[Problem]) 
             continue
         allowed, free_form = _schema_keys(path[:depth], base)
         if free_form or part in allowed:
-            return f"++{override.key_or_group}"   # a schema field the yaml leaves at its default
+            return "++"   # a schema field the yaml leaves at its default
         siblings = set(node) if isinstance(node, Mapping) else set()
         where = ".".join(path[:depth]) or "the top level"
         problems.append(Problem(override.key_or_group, override.get_value_element_as_str(),
@@ -134,7 +128,7 @@ def _check_key(override: Any, base: Mapping[str, Any], problems: list[Problem]) 
                                 did_you_mean(part, siblings | allowed)
                                 or f"use +{override.key_or_group}=... to add a new key"))
         return None
-    return key_element
+    return ""
 
 
 def _schema_keys(path: Sequence[str], base: Mapping[str, Any]) -> tuple[set[str], bool]:

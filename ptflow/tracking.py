@@ -7,6 +7,7 @@ lazily: it costs ~1.4 s and the CLI must stay quick to reject a bad config.
 from __future__ import annotations
 
 import enum
+import getpass
 import json
 import logging
 import socket
@@ -177,7 +178,8 @@ class MlflowTracker:
 
 
 def _source_tags() -> dict[str, str]:
-    tags = {"hostname": socket.gethostname(), "git_sha": "unknown"}
+    tags = {"hostname": socket.gethostname(), "git_sha": "unknown", "mlflow.source.name": "ptflow",
+            "mlflow.user": getpass.getuser()}
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         if sha.returncode == 0:

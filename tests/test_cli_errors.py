@@ -87,13 +87,19 @@ def test_state_dict_key_mismatch_fails_the_run_with_a_readable_list(ptflow, tmp_
                        "unexpected in the file (8): layers.0.bias", "hint: the file names its modules 'layers.")
 
 
-def test_nan_outputs_fail_validate(ptflow, tmp_path):
-    state = load_file(BUNDLED)
-    state["net.0.bias"] = torch.full_like(state["net.0.bias"], float("nan"))
-    poisoned = tmp_path / "nan.safetensors"
+@pytest.fixture
+def poisoned(tmp_path) -> Path:
+    """The bundled weights with a NaN bias: the model runs, its outputs are NaN."""
     from safetensors.torch import save_file
 
-    save_file(state, str(poisoned))
+    state = load_file(BUNDLED)
+    state["net.0.bias"] = torch.full_like(state["net.0.bias"], float("nan"))
+    path = tmp_path / "nan.safetensors"
+    save_file(state, str(path))
+    return path
+
+
+def test_nan_outputs_fail_validate(ptflow, poisoned):
     _assert_failed_run(ptflow(f"model.weights={poisoned}", *QUICK),
                        "stage 'validate' failed", "NaN", "on eval batch 0")
 
@@ -107,13 +113,7 @@ def test_pickled_model_is_refused_unless_trusted(ptflow, tmp_path):
                        "stage 'load' failed", "model.trust_pickle=true")
 
 
-def test_a_failing_sweep_job_does_not_stop_the_others(ptflow, tmp_path):
-    state = load_file(BUNDLED)
-    state["net.0.bias"] = torch.full_like(state["net.0.bias"], float("nan"))
-    from safetensors.torch import save_file
-
-    poisoned = tmp_path / "nan.safetensors"
-    save_file(state, str(poisoned))
+def test_a_failing_sweep_job_does_not_stop_the_others(ptflow, poisoned):
     result = ptflow("-m", f"model.weights={poisoned},pkg://ptflow.zoo/digits_mlp.safetensors",
                     "experiment=latency_only", *QUICK)
     assert result.code == 1
