@@ -66,7 +66,8 @@ class Plan:
         width = max(len(s.name) for s in self.stages)
         for number, planned in enumerate(self.stages, 1):
             given = "(source)" if planned.form_in is None else str(planned.form_in)
-            lines.append(f"  {number}. {planned.name:<{width}}  {given:>9} -> {planned.form_out}")
+            lines.append(f"  {number}. {planned.name:<{width}}  {given:>9} -> {planned.form_out:<9}"
+                         f"  {planned.spec.summary}".rstrip())
             lines.append(f"     {_one_line(typed.to_plain(planned.config))}")
         return "\n".join(lines)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from ptflow.artifact import Artifact, Form
-from ptflow.errors import ConfigError, Problem, did_you_mean
+from ptflow.errors import ConfigError, Problem
 
 ENTRY_POINT_GROUP = "ptflow.stages"
 
@@ -126,9 +126,3 @@ def load_stages(plugins: Iterable[str] = ()) -> Mapping[str, StageSpec]:
         raise ConfigError(problems)
     return dict(_REGISTRY)
 
-
-def lookup(name: str) -> StageSpec:
-    if name not in _REGISTRY:
-        raise ConfigError.single("pipeline", name, "a registered stage: " + ", ".join(sorted(_REGISTRY)),
-                                 did_you_mean(name, _REGISTRY))
-    return _REGISTRY[name]
