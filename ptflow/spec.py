@@ -40,6 +40,10 @@ class InputSpec:
         return [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype,
                  "passed_as": "keyword" if self.keyword else "positional"} for t in self.tensors]
 
+    def __str__(self) -> str:
+        parts = [f"{t.name}[{', '.join(map(str, t.shape))}]:{t.dtype}" for t in self.tensors]
+        return ", ".join(parts)
+
 
 @dataclass(frozen=True)
 class ModelInputs:
