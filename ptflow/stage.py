@@ -10,12 +10,12 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from ptflow.artifact import Artifact, Form
-from ptflow.errors import ConfigError, Problem
+from ptflow.errors import ConfigError, Problem, first_line
 
 ENTRY_POINT_GROUP = "ptflow.stages"
 
@@ -27,9 +27,18 @@ class Environment:
     device_type: str
 
 
+def _ignore_warning(key: str, message: str) -> None:
+    """RunContext.warn where nobody listens (unit tests building a context by hand)."""
+
+
 @dataclass(frozen=True)
 class RunContext:
-    """Per-run facts a stage may use; nothing here is config data."""
+    """Per-run facts a stage may use; nothing here is config data.
+
+    ``warn(key, message)`` reports a silent degradation (a cast, skipped keys, noisy
+    timings): the job prints it and records it as tag ``ptflow.warning.<key>``. Stages
+    warn through it rather than `logging`, so no warning is lost in a log file.
+    """
 
     run_dir: Path
     device: str
@@ -37,6 +46,7 @@ class RunContext:
     config_hash: str
     settings: Mapping[str, Any]          # device settings in force (device.capture)
     progress: Callable[..., Iterable]    # tqdm-like: progress(iterable, desc=..., total=...)
+    warn: Callable[[str, str], None] = field(default=_ignore_warning)
 
     def path(self, *parts: str) -> Path:
         """A path under the run dir, its parent created."""
@@ -115,13 +125,14 @@ def load_stages(plugins: Iterable[str] = ()) -> Mapping[str, StageSpec]:
                 entry.load()
             except Exception as error:  # a broken plugin must name itself, not crash later
                 problems.append(Problem(f"entry point {entry.name}", entry.value,
-                                        "an importable stage module", f"{type(error).__name__}: {error}"))
+                                        "an importable stage module", f"{type(error).__name__}: {first_line(error)}"))
         _entry_points_loaded = True
     for module in plugins:
         try:
             importlib.import_module(module)
-        except ImportError as error:
-            problems.append(Problem("plugins", module, "an importable module of stages", str(error)))
+        except Exception as error:   # not found, or broken: a SyntaxError, a raise at import time
+            problems.append(Problem("plugins", module, "an importable module of stages",
+                                    f"{type(error).__name__}: {first_line(error)}"))
     if problems:
         raise ConfigError(problems)
     return dict(_REGISTRY)

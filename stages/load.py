@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import inspect
-import logging
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,11 +18,14 @@ from ptflow.spec import Batch
 from ptflow.modelinfo import dtype_of, parameter_count, serialized_size_mb
 from ptflow.stage import Environment, RunContext, register_stage
 from ptflow.targets import check_target, instantiate, resolve_path
+from ptflow.weights import (SAFETENSORS, TORCH_FORMATS, expected_format, file_problem, fix_hint,
+                            read_failure)
 
-log = logging.getLogger(__name__)
-SAFETENSORS = (".safetensors",)
-PICKLE_FORMATS = (".pt", ".pth", ".bin", ".ckpt")
 SHOWN_KEYS = 8
+# Texts of torch's weights-only unpickler that mean a damaged stream, not a refused object.
+CORRUPT_PICKLE = ("Unsupported operand", "String is too long", "persistent_load id",
+                  "unsupported persistent id")
+Warn = Callable[[str, str], None]
 
 
 @dataclass(frozen=True)
@@ -85,13 +88,7 @@ class LoadStage:
         if model.builder is not None:
             problems += check_target(model.builder, "model.builder")
         if model.weights:
-            path = resolve_path(model.weights)
-            if not path.is_file():
-                problems.append(Problem("model.weights", model.weights, "an existing weights file",
-                                        f"no file at {path}"))
-            elif path.suffix not in SAFETENSORS + PICKLE_FORMATS:
-                problems.append(Problem("model.weights", model.weights,
-                                        "a file ending in " + ", ".join(SAFETENSORS + PICKLE_FORMATS)))
+            problems += _weights_file_problems(model.weights)
         return problems
 
     def run(self, artifact: Artifact | None, ctx: RunContext) -> Artifact:
@@ -99,7 +96,7 @@ class LoadStage:
         split = as_split(instantiate(data.source))
         batches = tuple(Batch(b.inputs.map(lambda t: t.to(ctx.device)), b.target)
                         for b in make_batches(split, data.batch_size, data.max_batches))
-        module = build_model(self.config.model).to(ctx.device).eval().requires_grad_(False)
+        module = build_model(self.config.model, ctx.warn).to(ctx.device).eval().requires_grad_(False)
         arg_names = [p for p in inspect.signature(module.forward).parameters if p != "self"]
         spec = batches[0].inputs.spec(arg_names, dynamic_batch=data.dynamic_batch)
         return Artifact(
@@ -114,9 +111,33 @@ class LoadStage:
         )
 
 
-def build_model(config: ModelConfig) -> torch.nn.Module:
+def _weights_file_problems(text: str) -> list[Problem]:
+    """Pre-flight of model.weights: the file exists, has a known suffix and looks like one."""
+    try:
+        path = resolve_path(text)
+    except FileNotFoundError as error:   # pkg:// of a package that is not installed
+        return [Problem("model.weights", text, "an existing weights file", str(error))]
+    if not path.exists():
+        return [Problem("model.weights", text, "an existing weights file", f"no file at {path}")]
+    if path.suffix not in SAFETENSORS + TORCH_FORMATS:
+        return [Problem("model.weights", text,
+                        "a file ending in " + ", ".join(SAFETENSORS + TORCH_FORMATS))]
+    defect = file_problem(path)
+    if defect is None:
+        return []
+    return [Problem("model.weights", text, expected_format(path), f"{defect}; fix: {fix_hint(path)}")]
+
+
+def _ignore(key: str, message: str) -> None:
+    """build_model's `warn` when the caller does not listen."""
+
+
+def build_model(config: ModelConfig, warn: Warn = _ignore) -> torch.nn.Module:
+    """The builder's module with the weights file loaded; `warn(key, message)` hears of casts
+    and skipped keys, which load_state_dict does silently."""
     if config.weights is None:
-        log.warning("model.weights is null: using the parameters model.builder creates")
+        warn("load.weights", "model.weights is null: using the parameters model.builder creates "
+                             "(random unless the builder loads weights itself)")
         return instantiate(config.builder)
     path = resolve_path(config.weights)
     loaded = read_weights(path, config.trust_pickle)
@@ -124,38 +145,59 @@ def build_model(config: ModelConfig) -> torch.nn.Module:
         return loaded
     state = select_state_dict(loaded, config.state_dict_key, path)
     module = instantiate(config.builder)
-    check_keys(module, state, config.strict, path)
+    missing, unexpected = check_keys(module, state, config.strict, path)
+    if missing or unexpected:
+        warn("load.strict", _partial_load_message(path, missing, unexpected))
+    casts = _casts(module, state)
+    if casts:
+        warn("load.dtype", casts)
     module.load_state_dict(state, strict=config.strict)
     return module
 
 
 def read_weights(path: Path, trust_pickle: bool) -> Any:
-    if path.suffix in SAFETENSORS:
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
+    """What the file holds; every failure to read it is an InputError naming model.weights."""
     try:
+        if path.suffix in SAFETENSORS:
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as error:
+        if trust_pickle or any(text in str(error) for text in CORRUPT_PICKLE):
+            raise read_failure(path, error) from error
         raise InputError(
-            f"{path} holds pickled Python objects, not just tensors (e.g. a whole model saved with "
-            "torch.save(model)). Unpickling runs code from the file, so ptflow refuses by default.\n"
-            "  fix: save model.state_dict() instead, or — only if you trust the file — set "
+            f"model.weights: {path} holds pickled Python objects, not just tensors (e.g. a whole model "
+            "saved with torch.save(model)). Unpickling runs code from the file, so ptflow refuses by "
+            "default.\n  fix: save model.state_dict() instead, or — only if you trust the file — set "
             "model.trust_pickle=true.") from error
+    except MemoryError:
+        raise
+    except Exception as error:  # any parser's failure on this file (EOFError, SafetensorError, ...)
+        raise read_failure(path, error) from error
 
 
 def select_state_dict(loaded: Any, key: str | None, path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(loaded, dict):
-        raise InputError(f"{path} holds a {type(loaded).__name__}, not a state_dict (a dict of tensors)")
+        raise InputError(f"model.weights: {path} holds a {type(loaded).__name__}, not a state_dict "
+                         f"(a dict of tensors)\n  fix: {fix_hint(path)}")
     if key is not None:
         if key not in loaded:
             raise InputError(f"model.state_dict_key={key!r} is not in {path}; its keys: {sorted(loaded)[:20]}")
         loaded = loaded[key]
+        if not isinstance(loaded, dict):
+            what = f"a {type(loaded).__name__}"
+        else:
+            others = [k for k, v in loaded.items() if not isinstance(v, torch.Tensor)]
+            what = f"non-tensors ({_listing(others)})" if others else ""
+        if what:
+            raise InputError(f"model.state_dict_key={key!r}: that entry of {path} holds {what}, not a "
+                             "state_dict (a dict of tensors); name the entry that holds the weights")
     elif loaded and not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         nested = [k for k, v in loaded.items() if isinstance(v, dict)]
-        raise InputError(f"{path} is a checkpoint dict with entries {sorted(loaded)[:20]}, not a plain "
-                         f"state_dict; set model.state_dict_key to the entry that holds the weights"
-                         + (f" (one of {nested})" if nested else ""))
+        raise InputError(f"model.weights: {path} is a checkpoint dict with entries {sorted(loaded)[:20]},"
+                         " not a plain state_dict; set model.state_dict_key to the entry that holds the "
+                         "weights" + (f" (one of {nested})" if nested else ""))
     return loaded
 
 
@@ -176,16 +218,45 @@ def _renamed_prefix(missing: list[str], unexpected: list[str]) -> tuple[str, str
     return None
 
 
-def check_keys(module: torch.nn.Module, state: dict[str, Any], strict: bool, path: Path) -> None:
-    """Raise a readable InputError if `state` does not fit `module`."""
+def _partial_load_message(path: Path, missing: list[str], unexpected: list[str]) -> str:
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} model key(s) missing from the file keep the values model.builder "
+                     f"initialised them with: {_listing(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s) in the file are ignored: "
+                     f"{_listing(unexpected)}")
+    return f"model.strict=false loaded {path} partially: " + "; ".join(parts)
+
+
+def _casts(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> str:
+    """'model.weights: N tensor(s) cast from A (file) to B (model): names' for each dtype pair."""
+    pairs: dict[tuple[torch.dtype, torch.dtype], list[str]] = {}
+    for name, target in module.state_dict().items():
+        source = state.get(name)
+        if isinstance(source, torch.Tensor) and isinstance(target, torch.Tensor) \
+                and source.dtype != target.dtype:
+            pairs.setdefault((source.dtype, target.dtype), []).append(name)
+    return "; ".join(f"model.weights: {len(names)} tensor(s) cast from {_dtype(a)} (file) to "
+                     f"{_dtype(b)} (model): {_listing(names)}" for (a, b), names in pairs.items())
+
+
+def _dtype(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def check_keys(module: torch.nn.Module, state: dict[str, Any], strict: bool,
+               path: Path) -> tuple[list[str], list[str]]:
+    """Raise a readable InputError if `state` does not fit `module`; else the keys that
+    model.strict=false lets through: (missing from the file, unexpected in it)."""
     expected = module.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
               for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
     if not shapes and not (strict and (missing or unexpected)):
-        return
-    lines = [f"the state_dict in {path} does not match {type(module).__name__}:"]
+        return missing, unexpected
+    lines = [f"model.weights: the state_dict in {path} does not match {type(module).__name__}:"]
     if missing:
         lines.append(f"  missing from the file ({len(missing)}): {_listing(missing)}")
     if unexpected:
