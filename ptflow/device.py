@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import enum
-import logging
+import math
+import os
 import platform
 from dataclasses import dataclass
+from pathlib import Path
 
 from ptflow.errors import ConfigError, Problem
 
-log = logging.getLogger(__name__)
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 class DeviceType(str, enum.Enum):
@@ -28,16 +30,16 @@ class MatmulPrecision(str, enum.Enum):
 class DeviceConfig:
     type: DeviceType = DeviceType.CPU
     index: int = 0
-    threads: int | None = None          # intra-op threads; None keeps torch's default
+    threads: int | None = None          # intra-op threads; None: half the usable cores, >= 1
     interop_threads: int | None = None  # inter-op threads; settable once per process
     matmul_precision: MatmulPrecision = MatmulPrecision.HIGHEST
     cudnn_benchmark: bool = False
 
     def __post_init__(self) -> None:
-        for key in ("threads", "interop_threads"):
+        for key, null in (("threads", "half the usable cores"), ("interop_threads", "torch's default")):
             value = getattr(self, key)
             if value is not None and value < 1:
-                raise ConfigError.single(key, value, "a positive thread count or null (torch's default)")
+                raise ConfigError.single(key, value, f"a positive thread count or null ({null})")
         if self.index < 0:
             raise ConfigError.single("index", self.index, "a device index >= 0")
 
@@ -60,22 +62,93 @@ def check(config: DeviceConfig) -> list[Problem]:
     return []
 
 
-def apply(config: DeviceConfig) -> None:
-    """Put the settings in force for this process."""
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> int | None:
+    """CPUs a cgroup CPU quota grants (ceil(quota/period)), or None when no quota is set.
+
+    cgroup v2 ``cpu.max`` holds "quota period" ("max period": no quota); cgroup v1 has
+    ``cpu.cfs_quota_us`` (-1: no quota) and ``cpu.cfs_period_us`` in the cpu controller.
+    """
+    cpu_max = _read(root / "cpu.max")
+    if cpu_max is not None:
+        quota, _, period = cpu_max.partition(" ")
+        return cpu_quota(quota, period)
+    for folder in (root / "cpu", root / "cpu,cpuacct", root):
+        quota, period = _read(folder / "cpu.cfs_quota_us"), _read(folder / "cpu.cfs_period_us")
+        if quota is not None and period is not None:
+            return cpu_quota(quota, period)
+    return None
+
+
+def cpu_quota(quota: str, period: str) -> int | None:
+    """ceil(quota/period) as whole CPUs; None for no quota ("max", -1) or unreadable values."""
+    try:
+        quota_us, period_us = int(quota), int(period)
+    except ValueError:
+        return None
+    if quota_us <= 0 or period_us <= 0:
+        return None
+    return math.ceil(quota_us / period_us)
+
+
+def usable_cores(visible: int | None, quota: int | None) -> int:
+    """Cores this process may use: those it may run on, capped by a CPU quota; at least 1."""
+    cores = visible or 1
+    if quota is not None:
+        cores = min(cores, quota)
+    return max(1, cores)
+
+
+def default_threads(usable: int) -> int:
+    """What ``threads: null`` means: half the usable cores, at least 1.
+
+    OpenMP threads spin-wait: with one per core, any other busy process on the machine
+    makes every parallel region wait on a descheduled thread and timings go erratic.
+    """
+    return max(1, usable // 2)
+
+
+def usable_cores_here(cgroup_root: Path = CGROUP_ROOT) -> int:
+    """usable_cores for this process: its CPU affinity (else cpu_count) and cgroup quota."""
+    try:
+        visible = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):   # no sched_getaffinity on macOS / Windows
+        visible = os.cpu_count()
+    return usable_cores(visible, cgroup_cpu_limit(cgroup_root))
+
+
+def thread_count(config: DeviceConfig, usable: int) -> tuple[int, list[tuple[str, str]]]:
+    """The intra-op thread count to set, and (key, message) warnings about it."""
+    if config.threads is None:
+        return default_threads(usable), []
+    warnings = []
+    if config.threads > usable:
+        warnings.append(("device.threads",
+                         f"device.threads={config.threads} exceeds the {usable} core(s) this process may "
+                         "use (CPU affinity and cgroup quota): OpenMP threads will oversubscribe the cores "
+                         "and timings become erratic; set device.threads to at most "
+                         f"{usable}, or null (half the usable cores: {default_threads(usable)})"))
+    return config.threads, warnings
+
+
+def apply(config: DeviceConfig) -> list[tuple[str, str]]:
+    """Put the settings in force for this process; returns (key, message) warnings
+    about settings that could not be honoured or will hurt the measurements."""
     import torch
 
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
+    threads, warnings = thread_count(config, usable_cores_here())
+    torch.set_num_threads(threads)
     if config.interop_threads is not None and config.interop_threads != torch.get_num_interop_threads():
         try:
             torch.set_num_interop_threads(config.interop_threads)
         except RuntimeError:  # torch allows this once, before any inter-op work
-            log.warning("interop_threads stays %d: torch fixes it once per process",
-                        torch.get_num_interop_threads())
+            warnings.append(("device.interop_threads",
+                             f"device.interop_threads={config.interop_threads} was not applied: torch "
+                             f"fixes it once per process and it stays {torch.get_num_interop_threads()}"))
     torch.set_float32_matmul_precision(config.matmul_precision.value)
     torch.backends.cudnn.benchmark = config.cudnn_benchmark
     if config.type is DeviceType.CUDA:
         torch.cuda.set_device(config.index)
+    return warnings
 
 
 def capture(config: DeviceConfig) -> dict[str, str | int | bool]:
@@ -95,6 +168,13 @@ def capture(config: DeviceConfig) -> dict[str, str | int | bool]:
     if config.type is DeviceType.CUDA:
         settings["cuda_version"] = str(torch.version.cuda)
     return settings
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
 
 
 def _cpu_name() -> str:

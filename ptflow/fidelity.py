@@ -1,28 +1,42 @@
-"""Did the optimized model get worse? Task metrics and output agreement vs the baseline."""
+"""Did the optimized model get worse? Task metrics and output agreement vs the baseline.
+
+A task metric is registered with the check of its inputs: validate runs the check on
+every eval batch before the metric is computed, so data the metric cannot score (float
+targets, labels past the class count, outputs that are not class scores) stops the run
+with a message instead of a confident 0.0.
+"""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ptflow.errors import invalid_choice
+from ptflow.errors import InputError, invalid_choice
+
+# check(task output, targets) of one eval batch -> what is wrong with them ([] when fine)
+InputCheck = Callable[[Any, Any], list[str]]
 
 
 @dataclass(frozen=True)
 class TaskMetric:
     name: str
     fn: Callable[[Sequence[Any], Sequence[Any]], float]
+    check: InputCheck
     higher_is_better: bool = True
 
 
 _METRICS: dict[str, TaskMetric] = {}
 
 
-def register_metric(name: str, higher_is_better: bool = True):
-    """Decorator: fn(task_outputs per batch, targets per batch) -> float."""
+def register_metric(name: str, *, check: InputCheck, higher_is_better: bool = True):
+    """Decorator: fn(task outputs per batch, targets per batch) -> float.
+
+    `check` states what the metric can score; it returns problems as phrases naming what
+    was found and what was expected, e.g. "targets are float32; expected integer class ids".
+    """
 
     def decorate(fn):
-        _METRICS[name] = TaskMetric(name, fn, higher_is_better)
+        _METRICS[name] = TaskMetric(name, fn, check, higher_is_better)
         return fn
 
     return decorate
@@ -38,7 +52,54 @@ def metric_names() -> list[str]:
     return sorted(_METRICS)
 
 
-@register_metric("top1_accuracy")
+def check_metric_inputs(name: str, output: Any, target: Any, batch_index: int) -> None:
+    """Raise InputError naming `data.metric` when metric `name` cannot score this batch."""
+    if target is None:
+        raise InputError(f"data.metric={name!r} needs targets, but the data source returned none; "
+                         "set data.metric=null for unlabelled data")
+    problems = metric(name).check(output, target)
+    if problems:
+        raise InputError(
+            f"data.metric={name!r} cannot score eval batch {batch_index}: {'; '.join(problems)}. "
+            "Fix the data builder (or model.output_key) so the metric gets what it expects, "
+            "or set data.metric=null for unlabelled or non-classification data")
+
+
+def class_scores_problem(output: Any) -> str | None:
+    """Why `output` is not per-example class scores shaped (batch, classes >= 2), or None."""
+    shape = tuple(output.shape)
+    if len(shape) != 2 or shape[1] < 2:
+        return (f"the task output has shape {shape}; expected per-example class scores "
+                "shaped (batch, classes) with classes >= 2")
+    return None
+
+
+def _check_class_ids(output: Any, target: Any) -> list[str]:
+    """Targets must be integer class ids, one per example, each within the output's classes."""
+    import torch
+
+    scores_problem = class_scores_problem(output)
+    if scores_problem:
+        return [scores_problem]
+    batch, classes = output.shape
+    if not isinstance(target, torch.Tensor):
+        return [f"targets are a {type(target).__name__}; expected a tensor of integer class ids"]
+    problems = []
+    if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
+        problems.append(f"targets are {str(target.dtype).removeprefix('torch.')}; expected integer "
+                        "class ids (int64), e.g. targets.long() for whole-number labels")
+    if tuple(target.shape) != (batch,):
+        problems.append(f"targets have shape {tuple(target.shape)}; expected one class id per "
+                        f"example, shape ({batch},)")
+    if not problems and target.numel():
+        low, high = int(target.min()), int(target.max())
+        if low < 0 or high >= classes:
+            problems.append(f"labels span {low}..{high} but the task output has {classes} classes; "
+                            f"expected class ids in 0..{classes - 1}")
+    return problems
+
+
+@register_metric("top1_accuracy", check=_check_class_ids)
 def top1_accuracy(outputs: Sequence[Any], targets: Sequence[Any]) -> float:
     """Share of rows whose arg-max class equals the integer target."""
     correct = total = 0
@@ -51,9 +112,8 @@ def top1_accuracy(outputs: Sequence[Any], targets: Sequence[Any]) -> float:
 
 def agreement(baseline: Sequence[Sequence[tuple[str, Any]]], candidate: Sequence[Sequence[tuple[str, Any]]],
               baseline_task: Sequence[Any], candidate_task: Sequence[Any]) -> dict[str, float]:
-    """Max/mean abs error over every output leaf, and top-1 agreement of the task output."""
-    import torch
-
+    """Max/mean abs error over every output leaf, and top-1 agreement of the task output
+    when it holds class scores (batch, classes >= 2); no arg-max across any other dim."""
     max_abs, abs_sum, count = 0.0, 0.0, 0
     for base_leaves, cand_leaves in zip(baseline, candidate):
         if [p for p, _ in base_leaves] != [p for p, _ in cand_leaves]:
@@ -67,11 +127,11 @@ def agreement(baseline: Sequence[Sequence[tuple[str, Any]]], candidate: Sequence
             abs_sum += float(diff.sum())
             count += diff.numel()
     result = {"max_abs_error": max_abs, "mean_abs_error": abs_sum / count if count else 0.0}
-    if baseline_task and baseline_task[0].dim() >= 1 and baseline_task[0].shape[-1] > 1:
+    if baseline_task and all(class_scores_problem(t) is None for t in baseline_task):
         same = total = 0
         for base, cand in zip(baseline_task, candidate_task):
             same += int((base.argmax(-1) == cand.detach().float().cpu().argmax(-1)).sum())
-            total += base.argmax(-1).numel()
+            total += base.shape[0]
         result["top1_agreement"] = same / total if total else float("nan")
     return result
 
@@ -79,5 +139,3 @@ def agreement(baseline: Sequence[Sequence[tuple[str, Any]]], candidate: Sequence
 def detach_leaves(leaves: Sequence[tuple[str, Any]]) -> tuple[tuple[str, Any], ...]:
     """CPU float copies of output leaves, safe to keep as the reference."""
     return tuple((path, t.detach().float().cpu().clone()) for path, t in leaves)
-
-

@@ -23,9 +23,18 @@ class LatencyStats:
     p99_ms: float
     min_ms: float
     max_ms: float
+    iqr_ms: float        # p75 - p25: the spread of the middle half, blind to rare outliers
+
+    @property
+    def dispersion(self) -> float:
+        """IQR / median: how noisy the timing was, independent of the model's speed."""
+        if self.p50_ms > 0:
+            return self.iqr_ms / self.p50_ms
+        return 0.0 if self.iqr_ms == 0 else math.inf
 
     def as_metrics(self, prefix: str) -> dict[str, float]:
-        return {f"{prefix}.{key}": float(value) for key, value in asdict(self).items()}
+        values = {**asdict(self), "dispersion": self.dispersion}
+        return {f"{prefix}.{key}": float(value) for key, value in values.items()}
 
 
 def percentile(samples: Sequence[float], q: float) -> float:
@@ -50,6 +59,7 @@ def summarize(samples_s: Sequence[float]) -> LatencyStats:
         p99_ms=percentile(ms, 99),
         min_ms=min(ms),
         max_ms=max(ms),
+        iqr_ms=percentile(ms, 75) - percentile(ms, 25),
     )
 
 

@@ -3,6 +3,7 @@ plus how far the optimized model's outputs and task metric moved from the baseli
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -22,11 +23,15 @@ class BenchmarkConfig:
     batch: int = 0            # which eval batch to time
     baseline: bool = True     # also time the unoptimized model the same way
     fidelity: bool = True     # accuracy and output agreement on every eval batch
+    max_dispersion: float = 0.25  # IQR/median of a model's samples above this marks the run unstable
 
     def __post_init__(self) -> None:
         for key, low in (("warmup", 0), ("iters", 2), ("rounds", 1), ("batch", 0)):
             if getattr(self, key) < low:
                 raise ConfigError.single(key, getattr(self, key), f"an integer >= {low}")
+        if not self.max_dispersion > 0:   # also rejects NaN
+            raise ConfigError.single("max_dispersion", self.max_dispersion,
+                                     "a ratio > 0 (IQR/median of the timed samples), e.g. 0.25")
         if self.rounds > self.iters:
             raise ConfigError.single("rounds", self.rounds, f"at most iters ({self.iters})")
 
@@ -70,11 +75,32 @@ class BenchmarkStage:
         if cfg.baseline:
             metrics["benchmark.speedup_p50"] = stats["baseline"].p50_ms / stats["candidate"].p50_ms
             metrics["benchmark.speedup_mean"] = stats["baseline"].mean_ms / stats["candidate"].mean_ms
+        unstable, warning = stability(stats, cfg.max_dispersion, ctx.settings.get("threads"))
+        metrics["benchmark.unstable"] = 1.0 if unstable else 0.0
+        if warning:
+            ctx.warn("benchmark.unstable", warning)
         if cfg.fidelity:
             metrics.update(_fidelity(artifact, ctx))
         path = ctx.path("benchmark", "latency_samples.json")
         path.write_text(json.dumps({name: [s * 1e3 for s in values] for name, values in samples.items()}))
         return artifact.with_metrics(metrics).with_files({"latency_samples": path})
+
+
+def stability(stats: Mapping[str, measure.LatencyStats], max_dispersion: float,
+              threads: object = None) -> tuple[bool, str | None]:
+    """Is any model's timing too noisy to trust (dispersion = IQR/median above the limit)?
+    Returns the verdict and, when unstable, a warning naming the models and what to do."""
+    noisy = {name: stat.dispersion for name, stat in stats.items() if stat.dispersion > max_dispersion}
+    if not noisy:
+        return False, None
+    found = ", ".join(f"{name} {value:.2f}" for name, value in sorted(noisy.items()))
+    advice = ["on a quieter machine"]
+    if threads != 1:   # one intra-op thread cannot spin-wait on a descheduled sibling
+        advice.append("with device.threads=1" + (f" (now {threads})" if threads is not None else ""))
+    advice.append("with more benchmark.iters")
+    return True, (f"timings are unstable: IQR/median of {found} exceeds benchmark.max_dispersion="
+                  f"{max_dispersion:g}; latencies and speedups from this run may be far off. "
+                  f"Rerun {', '.join(advice[:-1])} or {advice[-1]}")
 
 
 def _fidelity(artifact: Artifact, ctx: RunContext) -> dict[str, float]:

@@ -60,6 +60,8 @@ class ValidateStage:
                 reference_shapes = shapes
                 task = _task_output(result, artifact.output_key)
                 self._check_shape(task, batch.inputs.batch_size(), index)
+                if artifact.task_metric is not None:
+                    fidelity.check_metric_inputs(artifact.task_metric, task, batch.target, index)
                 outputs.append(fidelity.detach_leaves(leaves))
                 task_outputs.append(task.detach().float().cpu().clone())
         metric = _task_metric(artifact, task_outputs)
@@ -99,10 +101,7 @@ def _task_output(result: object, key: str | None) -> torch.Tensor:
 
 
 def _task_metric(artifact: Artifact, task_outputs: list[torch.Tensor]) -> float | None:
+    """The metric on every batch; each batch's inputs already passed the metric's check."""
     if artifact.task_metric is None:
         return None
-    targets = [b.target for b in artifact.batches]
-    if any(t is None for t in targets):
-        raise InputError(f"data.metric={artifact.task_metric!r} needs targets, but the data source "
-                         "returned none; set data.metric=null for unlabelled data")
-    return fidelity.metric(artifact.task_metric).fn(task_outputs, targets)
+    return fidelity.metric(artifact.task_metric).fn(task_outputs, [b.target for b in artifact.batches])

@@ -52,12 +52,37 @@ def test_summarize_units_exact():
     assert stats.p50_ms == pytest.approx(2.0)
 
 
+@pytest.mark.parametrize("n", [2, 5, 100])
+def test_iqr_matches_numpy_and_dispersion_is_relative_to_the_median(n):
+    rng = random.Random(n)
+    samples_s = [rng.uniform(0.001, 0.02) for _ in range(n)]
+    ms = np.array(samples_s) * 1e3
+    stats = summarize(samples_s)
+    q25, q50, q75 = np.percentile(ms, [25, 50, 75])
+    assert stats.iqr_ms == pytest.approx(float(q75 - q25))
+    assert stats.dispersion == pytest.approx(float((q75 - q25) / q50))
+
+
+def test_iqr_ignores_rare_outliers():
+    steady = [0.001] * 50 + [0.002] * 50
+    stats = summarize(steady + [1.0] * 3)      # three 1 s stalls among 100 samples
+    assert stats.iqr_ms == pytest.approx(1.0) and stats.dispersion == pytest.approx(0.5)
+    assert summarize([0.003] * 10).dispersion == 0.0
+
+
+def test_dispersion_of_a_zero_median():
+    base = dict(n=2, mean_ms=0.0, std_ms=0.0, p50_ms=0.0, p90_ms=0.0, p99_ms=0.0, min_ms=0.0, max_ms=0.0)
+    assert LatencyStats(**base, iqr_ms=0.0).dispersion == 0.0
+    assert LatencyStats(**base, iqr_ms=1.0).dispersion == float("inf")
+
+
 def test_summarize_one_sample_std_zero():
     stats = summarize([0.005])
     assert stats.n == 1
     assert stats.std_ms == 0.0
     assert stats.mean_ms == pytest.approx(5.0)
     assert stats.p50_ms == stats.p99_ms == stats.min_ms == stats.max_ms == pytest.approx(5.0)
+    assert stats.iqr_ms == 0.0 and stats.dispersion == 0.0
 
 
 def test_time_calls_counts_and_syncs():
@@ -149,7 +174,7 @@ def test_paired_latency_rejects_bad_counts(iters, rounds):
 
 def test_as_metrics_keys_and_values():
     stats = LatencyStats(n=3, mean_ms=1.5, std_ms=0.1, p50_ms=1.4, p90_ms=1.8,
-                         p99_ms=1.9, min_ms=1.0, max_ms=2.0)
+                         p99_ms=1.9, min_ms=1.0, max_ms=2.0, iqr_ms=0.35)
     metrics = stats.as_metrics("benchmark.candidate")
     assert metrics == {
         "benchmark.candidate.n": 3.0,
@@ -160,6 +185,8 @@ def test_as_metrics_keys_and_values():
         "benchmark.candidate.p99_ms": 1.9,
         "benchmark.candidate.min_ms": 1.0,
         "benchmark.candidate.max_ms": 2.0,
+        "benchmark.candidate.iqr_ms": 0.35,
+        "benchmark.candidate.dispersion": pytest.approx(0.25),
     }
     assert all(type(v) is float for v in metrics.values())
 

@@ -35,3 +35,21 @@ def keyword_split(rows: int = 40, seed: int = 0) -> Split:
     mask = torch.ones(rows, 8)
     targets = (features[:, 0] > 0).long() + (features[:, 1] > 1).long()
     return Split({"features": features, "mask": mask}, targets)
+
+
+# Data builders whose targets the task metric (top1_accuracy) cannot score: for the CLI
+# fault tests, e.g. data.source._target_=tests.toy_models.digits_float_targets.
+def digits_float_targets(**kwargs) -> Split:
+    """The bundled digits with float labels (a regression-style target)."""
+    from ptflow.zoo.digits import digits_split
+
+    split = digits_split(**kwargs)
+    return Split(split.inputs, split.targets.float())
+
+
+def digits_shifted_labels(**kwargs) -> Split:
+    """The bundled digits labelled 1..10 (off by one) for a 10-class model."""
+    from ptflow.zoo.digits import digits_split
+
+    split = digits_split(**kwargs)
+    return Split(split.inputs, split.targets + 1)
