@@ -25,6 +25,7 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(BIN)/python bench/recipes.py
 	$(BIN)/python bench/cli_startup.py
+	$(BIN)/python bench/faults.py
 
 clean:
 	rm -rf outputs

@@ -1,13 +1,12 @@
 """The `ptflow` command: check everything first, then let Hydra run the jobs.
 
-Exit codes: 0 all jobs finished, 1 a job failed, 2 the config was rejected (nothing ran).
+Exit codes: 0 all jobs finished, 1 a job failed, 2 the config was rejected (nothing ran),
+3 finished but the MLflow record is incomplete, 130/143 stopped by SIGINT/SIGTERM.
 Only hydra/omegaconf are imported up front; torch, torchao and mlflow load when needed,
 so `ptflow --help` answers at once.
 """
 from __future__ import annotations
 
-import datetime as dt
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -35,7 +34,9 @@ usage: ptflow [-m] [group=option ...] [key=value ...]
   ptflow --cfg job                              print the composed config (Hydra)
   ptflow --hydra-help                           Hydra's own flags
 
-exit codes: 0 finished, 1 a job failed, 2 config rejected before anything ran
+exit codes: 0 finished, 1 a job failed, 2 config rejected before anything ran,
+            3 finished but the MLflow record is incomplete (ptflow-runs relog RUN_DIR),
+            130 / 143 stopped by SIGINT / SIGTERM (runs recorded KILLED)
 config groups (conf/):
 """
 
@@ -82,57 +83,85 @@ def _split_args(argv: Sequence[str]) -> tuple[bool, list[Path], list[str], list[
     return multirun, dirs, flags, overrides
 
 
-def _prepare_tracking(jobs) -> None:
-    """Create the MLflow schema and experiment(s) once, here, before any job starts."""
-    from ptflow.tracking import prepare, store_uri
+def _prepare_tracking(jobs) -> list[tuple[str, str]]:
+    """Check each store, create its schema and experiment once (here, before any job),
+    and close runs of this host's dead processes; return [(uri, experiment id)]."""
+    from ptflow.tracking import prepare_or_problem, store_uri
 
-    done = set()
+    stores: dict[tuple[str, str], str] = {}
+    problems = []
     for job in jobs:
         settings = job.plan.settings
         if not settings.tracking.enabled:
             continue
         outputs_dir = Path(settings.outputs_dir).resolve()
         key = (store_uri(settings.tracking, outputs_dir), settings.tracking.experiment)
-        if key not in done:
-            try:
-                prepare(settings.tracking, outputs_dir)
-            except Exception as error:
-                raise ConfigError.single("tracking.uri", key[0], "an MLflow store ptflow can open",
-                                         f"{type(error).__name__}: {str(error).splitlines()[0]}") from None
-            done.add(key)
+        if key in stores or any(p.found == key[0] for p in problems):
+            continue
+        experiment_id, found = prepare_or_problem(settings.tracking, outputs_dir)
+        problems += found
+        if experiment_id is not None:
+            stores[key] = experiment_id
+    if problems:
+        raise ConfigError(problems)
+    for (uri, _), experiment_id in stores.items():
+        _close_stale(uri, experiment_id)
+    return [(uri, experiment_id) for (uri, _), experiment_id in stores.items()]
 
 
-def _sweep_dir(outputs_dir: str) -> Path:
-    now = dt.datetime.now()
-    base = Path(outputs_dir) / "multirun" / now.strftime("%Y-%m-%d") / now.strftime("%H-%M-%S")
-    candidate, n = base, 0
-    while candidate.exists():
-        n += 1
-        candidate = base.with_name(f"{base.name}-{n}")
-    return candidate
+def _close_stale(uri: str, experiment_id: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from ptflow.stale import close_stale_runs
+
+    closed = close_stale_runs(MlflowClient(tracking_uri=uri), [experiment_id])
+    if closed:
+        print(f"ptflow: closed {len(closed)} earlier run(s) whose process on this host is gone "
+              f"as KILLED (tag ptflow.kill_reason): {', '.join(closed)}", file=sys.stderr)
 
 
-def _sweep_report(sweep_dir: Path, expected: int) -> int:
+def _dir_override(kind: str, jobs, overrides: list[str]) -> tuple[Path, list[str]]:
+    """Claim the run (or sweep) dir Hydra would use, or a numbered variant if another
+    process has it, and hand it to Hydra in place of any user override of it."""
+    from ptflow.files import claim_dir
     from ptflow.job import RESULT_FILE
 
-    results = sorted((json.loads(p.read_text()) for p in sweep_dir.glob(f"*/{RESULT_FILE}")),
-                     key=lambda r: r["run_dir"])
-    failed = [r for r in results if r["status"] != "FINISHED"]
-    shared = set.intersection(*(set(r["overrides"]) for r in results)) if len(results) > 1 else set()
-    lines = [f"sweep: {len(results)}/{expected} job(s) in {sweep_dir}: "
-             f"{len(results) - len(failed)} finished, {len(failed)} failed",
-             f"  {'job':<42}{'status':<10}{'p50 ms':>9}{'speedup':>9}{'metric Δ':>10}  run id"]
-    for result in results:
-        s = result.get("summary") or {}
-        p50 = s.get("latency_ms", {}).get("optimized", {}).get("p50")
-        speedup, delta = s.get("speedup_p50"), (s.get("task_metric") or {}).get("delta")
-        swept = " ".join(o for o in result["overrides"] if o not in shared) or "(defaults)"
-        lines.append(f"  {swept[:41]:<42}{result['status']:<10}"
-                     f"{'' if p50 is None else f'{p50:.3f}':>9}"
-                     f"{'' if speedup is None else f'{speedup:.2f}x':>9}"
-                     f"{'' if delta is None else f'{delta:+.4f}':>10}  {result.get('run_id') or ''}")
-    print("\n".join(lines), flush=True)
-    return 1 if failed or len(results) < expected else 0
+    key = f"hydra.{kind}.dir"
+    wanted = jobs[0].dirs.get(kind)
+    if wanted is None:
+        raise ConfigError.single(key, "?", "a directory that resolves before the job starts",
+                                 "use ${now:...}, ${outputs_dir} and plain text in it")
+    try:
+        claimed = claim_dir(Path(wanted), taken_if=(RESULT_FILE,))
+    except OSError as error:
+        raise ConfigError.single(key, wanted, "a directory ptflow can create",
+                                 f"{type(error).__name__}: {error}") from None
+    quoted = str(claimed).replace("\\", "\\\\").replace("'", "\\'")
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+") != key]
+    return claimed, [*kept, f"{key}='{quoted}'"]
+
+
+def _stopped(error: BaseException, sweep_dir: Path | None, stores: list[tuple[str, str]]) -> int:
+    """One line for the console after SIGINT/SIGTERM; every run left RUNNING is closed."""
+    from ptflow import lifecycle, sweep
+    from ptflow.job import OUTCOMES
+
+    stop = lifecycle.as_interrupted(error)
+    if sweep_dir is None:
+        last = OUTCOMES[-1] if OUTCOMES else None
+        if last is None or last.status != "KILLED":
+            print(f"ptflow: stopped by {stop.signal_name} before a run started; nothing was recorded",
+                  file=sys.stderr)
+        else:
+            from ptflow.summary import relative
+
+            mlflow = f"MLflow run {last.tracking.run_id} ended KILLED; " if last.tracking.complete else ""
+            print(f"ptflow: {last.reason}: stopped; {mlflow}the run's record (KILLED) and partial "
+                  f"outputs are in {relative(last.run_dir)}", file=sys.stderr)
+        return stop.exit_code
+    with lifecycle.protected():
+        sweep.close(sweep_dir, stop, stores)
+    return stop.exit_code
 
 
 def run(argv: Sequence[str]) -> int:
@@ -142,6 +171,20 @@ def run(argv: Sequence[str]) -> int:
     if any(a.split("=", 1)[0] in HYDRA_PASSTHROUGH for a in argv):
         _launch(argv)
         return 0
+    from ptflow import lifecycle
+
+    lifecycle.install()
+    stores: list[tuple[str, str]] = []
+    try:
+        return _run_checked(argv, stores)
+    except KeyboardInterrupt as error:
+        return _stopped(error, _SWEEP_DIR[-1] if _SWEEP_DIR else None, stores)
+
+
+_SWEEP_DIR: list[Path] = []   # the sweep being launched, for the clean-up after a signal
+
+
+def _run_checked(argv: Sequence[str], stores: list[tuple[str, str]]) -> int:
     multirun, dirs, flags, overrides = _split_args(argv)
     from ptflow import preflight
 
@@ -152,23 +195,26 @@ def run(argv: Sequence[str]) -> int:
                 print(f"[{' '.join(job.overrides) or 'defaults'}]\n{job.plan.render()}")
             print(f"dry run: {len(checked.jobs)} job(s) checked, nothing run")
             return 0
-        _prepare_tracking(checked.jobs)
+        stores += _prepare_tracking(checked.jobs)
+        target, args = _dir_override("sweep" if multirun else "run", checked.jobs, list(checked.overrides))
     except ConfigError as error:
         print(f"ptflow: {error}\nnothing was run (ptflow dry_run=true checks a config without running it)",
               file=sys.stderr)
         return error.exit_code
-    args = [*flags, *checked.overrides]
     if not multirun:
         from ptflow.job import OUTCOMES
 
-        _launch(args)
+        _launch([*flags, *args])
         return OUTCOMES[-1].exit_code if OUTCOMES else 1
-    sweep_dir = next((Path(o.split("=", 1)[1]) for o in overrides if o.startswith("hydra.sweep.dir=")), None)
-    if sweep_dir is None:
-        sweep_dir = _sweep_dir(checked.jobs[0].plan.settings.outputs_dir)
-        args.append(f"hydra.sweep.dir={sweep_dir}")
-    _launch(args)
-    return _sweep_report(sweep_dir, len(checked.jobs))
+    _SWEEP_DIR.append(target)
+    # Workers killed mid-job leave semaphores behind; the resource tracker's warning
+    # about them would bury the one line that says what happened.
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"),
+                                                          "ignore:resource_tracker:UserWarning"]))
+    _launch([*flags, *args])
+    from ptflow import sweep
+
+    return sweep.report(target, len(checked.jobs))
 
 
 def main() -> None:

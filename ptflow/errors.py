@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -11,6 +12,19 @@ def did_you_mean(word: object, choices: Iterable[object]) -> str:
     options = [str(c) for c in choices]
     close = difflib.get_close_matches(str(word), options, n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else ""
+
+
+_OS_CAUSE = re.compile(r"\[Errno -?\d+\] [^'\")\]]+")
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """An error's first line of text (libraries often append pages of detail); for a
+    wrapped OS error (a refused connection deep in an HTTP library's text), that error."""
+    text = str(error).strip()
+    cause = _OS_CAUSE.search(text)
+    if cause and len(text) > limit // 2:
+        return cause.group(0).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__
 
 
 @dataclass(frozen=True)

@@ -1,40 +1,36 @@
-"""One pipeline run inside a Hydra job: plan, device, tracking, engine, summary.
+"""One pipeline run inside a Hydra job: plan, device, record, tracking, engine, summary.
 
-Every outcome is written to ``<run dir>/ptflow_result.json`` so a launcher in another
-process (joblib, submitit) can still report it; failures end the MLflow run FAILED.
+The run's record (``ptflow_result.json``, see ``ptflow.record``) is written when it
+starts, after every stage and when it ends, whatever the end: FINISHED, FAILED with the
+error, KILLED with the signal. MLflow mirrors it; when the mirror fails, the run goes on
+and exits 3 so nobody mistakes an incomplete MLflow record for a complete one.
 """
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
+import logging
+import socket
+import subprocess
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptflow import device, engine, summary
-from ptflow.errors import ConfigError, PtflowError
-from ptflow.plan import compile_plan
+from ptflow import device, engine, lifecycle, summary
+from ptflow.errors import ConfigError, PtflowError, first_line
+from ptflow.files import describe_no_space, no_space, write_atomic
+from ptflow.plan import Plan, compile_plan
+from ptflow.record import RESULT_FILE, RunRecord
 from ptflow.stage import RunContext
-from ptflow.tracking import MlflowTracker, RunInfo
+from ptflow.tracker import MlflowTracker, relog_command
 
-RESULT_FILE = "ptflow_result.json"
+EXIT_TRACKING_INCOMPLETE = 3
+OUTCOMES: list[RunRecord] = []   # in-process launchers: the CLI reads these for its exit code
 
-
-@dataclass
-class Outcome:
-    status: str                          # FINISHED, FAILED or CONFIG_ERROR
-    run_dir: str
-    overrides: list[str]
-    exit_code: int = 0
-    error: str | None = None
-    run_id: str | None = None
-    summary: dict[str, Any] = field(default_factory=dict)
-
-
-OUTCOMES: list[Outcome] = []   # in-process launchers: the CLI reads these for its exit code
+__all__ = ["EXIT_TRACKING_INCOMPLETE", "OUTCOMES", "RESULT_FILE", "hydra_task", "run"]
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -42,71 +38,152 @@ def config_hash(config: dict[str, Any]) -> str:
 
 
 def run(config: dict[str, Any], config_yaml: str, choices: dict[str, str], overrides: list[str],
-        run_dir: Path, extra_tags: dict[str, str]) -> Outcome:
-    """Run one pipeline; never raises for a user error (the outcome says what happened)."""
+        run_dir: Path, extra_tags: dict[str, str]) -> RunRecord:
+    """Run one pipeline and record how it ended. User errors never raise (the record says
+    what happened); a stop signal is recorded KILLED and then raised again."""
     started = time.perf_counter()
-    outcome = Outcome("FINISHED", str(run_dir), overrides)
+    record = RunRecord(str(run_dir), list(overrides), process=str(lifecycle.current_process()),
+                       config=config)
     tracker: MlflowTracker | None = None
+    interrupted: lifecycle.Interrupted | None = None
+
+    def warn(key: str, message: str) -> None:
+        record.warnings[key] = message
+        print(f"ptflow: warning: {message}", file=sys.stderr, flush=True)
+        if tracker is not None:
+            tracker.warn(key, message)
+
     try:
         plan = compile_plan(config, choices)
         settings = plan.settings
+        record.run_name = _run_name(plan)
+        record.tags = _run_tags(plan, extra_tags, record)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(run_dir / "config.yaml", config_yaml)
+        write_atomic(run_dir / "plan.txt", plan.render() + "\n")
         import torch
 
-        device.apply(settings.device)
+        for key, message in device.apply(settings.device) or ():
+            warn(key, message)
         torch.manual_seed(settings.seed)
+        record.settings = device.capture(settings.device)
         ctx = RunContext(run_dir, settings.device.name, settings.seed, config_hash(config),
-                         device.capture(settings.device), engine.progress)
-        outputs_dir = Path(settings.outputs_dir).resolve()
+                         record.settings, engine.progress, warn)
+        record.save()
         if settings.tracking.enabled:
-            tracker = MlflowTracker(settings.tracking, outputs_dir,
-                                    RunInfo(config, config_yaml, overrides, extra_tags))
-        artifact = engine.run(plan, ctx, [tracker] if tracker else [])
-        record = summary.build(artifact, choices, run_dir, time.perf_counter() - started,
-                               tracker.run_id if tracker else None, tracker.uri if tracker else None,
-                               settings.tracking.experiment)
-        summary_path = run_dir / "summary.json"
-        summary_path.write_text(json.dumps(record, indent=2, default=str) + "\n")
-        if tracker:
-            tracker.finish(summary_path, artifact.files)
-        outcome.summary, outcome.run_id = record, record["mlflow"]["run_id"]
-        print(summary.render(record), flush=True)
+            tracker = MlflowTracker(settings.tracking, Path(settings.outputs_dir).resolve(), record)
+        artifact = engine.run(plan, ctx, [record, tracker] if tracker else [record])
+        record.summary = summary.build(artifact, choices, run_dir, time.perf_counter() - started, record)
+        write_atomic(run_dir / "summary.json", json.dumps(record.summary, indent=2, default=str) + "\n")
+        record.end("FINISHED", 0)
+    except KeyboardInterrupt as error:   # SIGINT / SIGTERM (lifecycle.Interrupted)
+        interrupted = lifecycle.as_interrupted(error)
+        where = (f"during stage '{record.stage}'" if record.stage
+                 else "between stages" if record.metrics else "before the first stage")
+        record.end("KILLED", interrupted.exit_code, reason=f"{interrupted.signal_name} received {where}")
     except ConfigError as error:
-        outcome.status, outcome.exit_code, outcome.error = "CONFIG_ERROR", error.exit_code, str(error)
+        record.end("CONFIG_ERROR", error.exit_code, error=str(error))
         print(f"ptflow: {error}", file=sys.stderr)
-    except Exception as error:  # a stage failure, or a bug: either way, record it and say where
-        outcome.status, outcome.exit_code, outcome.error = "FAILED", 1, str(error)
-        outcome.run_id = tracker.run_id if tracker else None
-        _report_failure(error, run_dir, tracker)
+    except Exception as error:  # a stage failure, a full disk, or a bug: record it and say where
+        record.end("FAILED", 1, error=_failure_text(error, run_dir))
+        _write_error_file(run_dir, record.error, error)
     finally:
-        if tracker:
-            tracker.close()
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / RESULT_FILE).write_text(json.dumps(asdict(outcome), indent=2, default=str) + "\n")
-        OUTCOMES.append(outcome)
-    return outcome
+        with lifecycle.protected():   # a first signal now waits for the record; a second exits
+            if tracker is not None:
+                tracker.end()
+            if record.status == "FINISHED" and tracker is not None and not record.tracking.complete:
+                record.exit_code = EXIT_TRACKING_INCOMPLETE
+            record.save()
+            OUTCOMES.append(record)
+            _report(record, tracker is not None)
+    if interrupted is not None:
+        raise interrupted
+    return record
 
 
-def _report_failure(error: Exception, run_dir: Path, tracker: MlflowTracker | None) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
+def _run_name(plan: Plan) -> str:
+    tracking = plan.settings.tracking
+    if tracking.run_name:
+        return tracking.run_name
+    picked = [plan.choices[g] for g in tracking.name_groups if g in plan.choices]
+    return "-".join(picked) or plan.settings.task_name
+
+
+def _run_tags(plan: Plan, extra: dict[str, str], record: RunRecord) -> dict[str, str]:
+    tags = {group: choice for group, choice in plan.choices.items() if not group.startswith("hydra")}
+    tags.update(extra)
+    tags.update(_source_tags())
+    tags.update({"ptflow.process": record.process, "ptflow.run_dir": str(Path(record.run_dir).resolve())})
+    return tags
+
+
+def _source_tags() -> dict[str, str]:
+    tags = {"hostname": socket.gethostname(), "git_sha": "unknown", "mlflow.source.name": "ptflow",
+            "mlflow.user": getpass.getuser()}
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if sha.returncode == 0:
+            tags["git_sha"] = tags["mlflow.source.git.commit"] = sha.stdout.strip()
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=5)
+            tags["git_dirty"] = json.dumps(bool(dirty.stdout.strip()))
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return tags
+
+
+def _failure_text(error: Exception, run_dir: Path) -> str:
+    full = no_space(error)
+    if full is not None:
+        stage = f"stage '{error.stage}' failed: " if hasattr(error, "stage") else ""
+        return stage + describe_no_space(full, run_dir)
+    if isinstance(error, PtflowError):
+        return str(error)
+    return f"unexpected error: {type(error).__name__}: {first_line(error)}"
+
+
+def _write_error_file(run_dir: Path, text: str, error: Exception) -> None:
     detail = "".join(traceback.format_exception(error))
-    (run_dir / "error.txt").write_text(f"{error}\n\n{detail}")
-    lines = [f"ptflow: {error}" if isinstance(error, PtflowError) else f"ptflow: unexpected error: {detail}"]
-    if tracker and tracker.run_id:
-        lines.append(f"MLflow run {tracker.run_id} ended FAILED (tag ptflow.error, artifact error.txt)")
-    lines.append(f"outputs so far, and the full traceback (error.txt), are in {run_dir}")
-    print("\n".join(lines), file=sys.stderr, flush=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(run_dir / "error.txt", f"{text}\n\n{detail}")
+    except OSError:
+        pass   # a full disk: the message on the console and in the record is what remains
+
+
+def _report(record: RunRecord, tracked: bool) -> None:
+    """What the console says at the end of a run (KILLED runs: the CLI says one line)."""
+    run_dir = summary.relative(record.run_dir)
+    tracking = record.tracking
+    incomplete = tracked and not tracking.complete
+    if record.status == "FINISHED":
+        record.summary["mlflow"]["complete"] = not incomplete
+        print(summary.render(record.summary), flush=True)
+    elif record.status == "FAILED":
+        lines = [f"ptflow: {record.error}"]
+        if tracking.run_id and not incomplete:
+            lines.append(f"MLflow run {tracking.run_id} ended FAILED (tag ptflow.error, artifact error.txt)")
+        lines.append(f"outputs so far, and the full traceback (error.txt), are in {run_dir}")
+        print("\n".join(lines), file=sys.stderr, flush=True)
+    if incomplete and record.status in ("FINISHED", "FAILED"):
+        print(f"ptflow: the MLflow record of this run is incomplete ({tracking.error}); the run's own "
+              f"record is complete in {run_dir}. Re-log it: {relog_command(run_dir)}",
+              file=sys.stderr, flush=True)
 
 
 def hydra_task(cfg: Any) -> None:
-    """The function Hydra calls for each job."""
+    """The function Hydra calls for each job (in this process, or in a launcher's worker)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
+    lifecycle.install()            # a joblib worker gets its own handlers
+    logging.raiseExceptions = False   # a full disk must not spray logging tracebacks
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)   # MLflow's retries: we report once
     hydra_cfg = HydraConfig.get()
     tags = {}
     if hydra_cfg.mode == RunMode.MULTIRUN:
-        tags = {"ptflow.sweep": str(hydra_cfg.sweep.dir), "ptflow.job_num": str(hydra_cfg.job.num)}
+        tags = {"ptflow.sweep": str(Path(hydra_cfg.sweep.dir).resolve()), "ptflow.job_num": str(hydra_cfg.job.num)}
     run(config=OmegaConf.to_container(cfg, resolve=True),
         config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
         choices={k: str(v) for k, v in hydra_cfg.runtime.choices.items() if v is not None},

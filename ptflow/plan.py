@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ptflow import device, typed
 from ptflow.artifact import Form
 from ptflow.device import DeviceConfig
-from ptflow.errors import ConfigError, Problem, did_you_mean
+from ptflow.errors import ConfigError, Problem, did_you_mean, first_line
+from ptflow.files import creatable_dir_problem
 from ptflow.stage import Environment, Stage, StageSpec, load_stages
 from ptflow.tracking import TrackingConfig
+
+
+SEED_RANGE = (-(2**63), 2**64 - 1)
 
 
 @dataclass(frozen=True)
@@ -33,11 +38,28 @@ class RunSettings:
     task_name: str = "ptflow"
 
     def __post_init__(self) -> None:
+        problems = []
         if not self.pipeline:
-            raise ConfigError.single("pipeline", [], "a list of at least one stage, e.g. [load, validate]")
+            problems.append(Problem("pipeline", [], "a list of at least one stage, e.g. [load, validate]"))
+        if not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
+            problems.append(Problem("seed", self.seed, f"an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]} "
+                                    "(what torch.manual_seed accepts)"))
+        if not self.outputs_dir.strip():
+            problems.append(Problem("outputs_dir", self.outputs_dir, "a directory path, e.g. outputs",
+                                    "an empty path would put run dirs at the filesystem root"))
+        if problems:
+            raise ConfigError(problems)
 
 
 SETTINGS_KEYS = tuple(f.name for f in fields(RunSettings))
+
+
+def _outputs_dir_problems(settings: RunSettings) -> list[Problem]:
+    reason = creatable_dir_problem(Path(settings.outputs_dir).expanduser().resolve())
+    if reason is None:
+        return []
+    return [Problem("outputs_dir", settings.outputs_dir, "a directory ptflow can create and write",
+                    f"{reason}; pick another outputs_dir")]
 
 
 @dataclass(frozen=True)
@@ -95,6 +117,7 @@ def compile_plan(cfg: Mapping[str, Any], choices: Mapping[str, str] | None = Non
         raise ConfigError(problems)
     stages = _check_chain(settings, cfg, registry, problems)
     problems.extend(device.check(settings.device))
+    problems.extend(_outputs_dir_problems(settings))
     if problems:
         raise ConfigError(_unique(problems))
     return Plan(settings, tuple(stages), dict(choices or {}))
@@ -131,8 +154,16 @@ def _check_chain(settings: RunSettings, cfg: Mapping[str, Any], registry: Mappin
         if config is None:
             chain_ok = False
             continue
-        stage = spec.stage_cls(config)
-        problems.extend(stage.preflight(env))
+        try:   # a stage's own code must not crash the pre-flight: its failure is one more problem
+            stage = spec.stage_cls(config)
+        except Exception as error:
+            problems.append(_crashed(where, name, "a stage built from its config", error))
+            chain_ok = False
+            continue
+        try:
+            problems.extend(stage.preflight(env))
+        except Exception as error:
+            problems.append(_crashed(where, name, "a pre-flight check that completes", error))
         if not chain_ok:
             continue
         accepted = stage.consumes()
@@ -161,6 +192,10 @@ def _check_chain(settings: RunSettings, cfg: Mapping[str, Any], registry: Mappin
         form = new_form
         facts |= stage.provides
     return planned
+
+
+def _crashed(where: str, name: str, expected: str, error: Exception) -> Problem:
+    return Problem(where, name, expected, f"stage '{name}' raised {type(error).__name__}: {first_line(error)}")
 
 
 def _unique(problems: list[Problem]) -> list[Problem]:

@@ -19,7 +19,7 @@ from ptflow.errors import ConfigError, Problem, did_you_mean
 from ptflow.plan import Plan, RunSettings, compile_plan
 from ptflow.stage import load_stages
 
-MAX_CHECKED_JOBS = 256
+PROGRESS_FROM_JOBS = 64   # show a progress bar when checking this many jobs or more
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class Job:
     overrides: tuple[str, ...]       # one value per key, as Hydra will launch it
     config: Mapping[str, Any]        # resolved, without the hydra node
     plan: Plan
+    dirs: Mapping[str, str] = dataclasses.field(default_factory=dict)  # hydra.run.dir / sweep.dir, resolved
 
 
 @dataclass(frozen=True)
@@ -169,8 +170,9 @@ def _compose(config_dirs: Sequence[Path], overrides: Sequence[str]) -> dict[str,
     return cfg
 
 
-def compose_config(config_dirs: Sequence[Path], overrides: Sequence[str], resolve: bool
-                  ) -> tuple[dict[str, Any], dict[str, str]]:
+def compose_config(config_dirs: Sequence[Path], overrides: Sequence[str], resolve: bool,
+                   dirs: dict[str, str] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """(config without the hydra node, group choices); fills `dirs` with Hydra's run/sweep dirs."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf, open_dict
@@ -182,12 +184,18 @@ def compose_config(config_dirs: Sequence[Path], overrides: Sequence[str], resolv
         with initialize_config_dir(config_dir=str(config_dirs[0]), version_base="1.3", job_name="ptflow"):
             cfg = compose("config", overrides=[*overrides, *extra], return_hydra_config=True)
     except Exception as error:  # Hydra raises several types; all mean "this config does not compose"
+        # keep every line: a YAML error names its file, line and column on the second one
         raise ConfigError.single("overrides", " ".join(overrides), "a config that composes",
-                                 str(error).splitlines()[0]) from None
+                                 " ".join(str(error).split())) from None
     finally:
         GlobalHydra.instance().clear()
     choices = {k: str(v) for k, v in OmegaConf.to_container(cfg.hydra.runtime.choices).items()
                if v is not None}
+    for name in ("run", "sweep") if dirs is not None else ():
+        try:
+            dirs[name] = str(OmegaConf.select(cfg, f"hydra.{name}.dir"))
+        except Exception:  # an interpolation only Hydra's job runtime can resolve: Hydra picks the dir
+            pass
     with open_dict(cfg):
         del cfg["hydra"]
     try:
@@ -198,15 +206,23 @@ def compose_config(config_dirs: Sequence[Path], overrides: Sequence[str], resolv
 
 
 def compose_job(config_dirs: Sequence[Path], overrides: Sequence[str]) -> Job:
-    config, choices = compose_config(config_dirs, overrides, resolve=True)
-    return Job(tuple(overrides), config, compile_plan(config, choices))
+    dirs: dict[str, str] = {}
+    config, choices = compose_config(config_dirs, overrides, resolve=True, dirs=dirs)
+    return Job(tuple(overrides), config, compile_plan(config, choices), dirs)
 
 
 def _plan_jobs(config_dirs: Sequence[Path], sweeps: Sequence[Sequence[str]]) -> tuple[Job, ...]:
     jobs: list[Job] = []
     problems: dict[str, list[str]] = {}
     order: list[Problem] = []
-    for combo in itertools.islice(itertools.product(*sweeps), MAX_CHECKED_JOBS):
+    from tqdm.auto import tqdm
+
+    total = 1
+    for items in sweeps:
+        total *= len(items)
+    combos = itertools.product(*sweeps)   # every job is checked: an unchecked one could be invalid
+    for combo in tqdm(combos, total=total, desc="checking jobs", unit="job", leave=False,
+                      disable=None if total >= PROGRESS_FROM_JOBS else True):
         try:
             jobs.append(compose_job(config_dirs, combo))
         except ConfigError as error:

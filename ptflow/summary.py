@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from ptflow.artifact import Artifact
+from ptflow.record import RunRecord
 
 
 def build(artifact: Artifact, choices: Mapping[str, str], run_dir: Path, wall_s: float,
-          run_id: str | None = None, tracking_uri: str | None = None, experiment: str | None = None
-          ) -> dict[str, Any]:
+          record: RunRecord) -> dict[str, Any]:
     m = artifact.metrics
+    tracking = record.tracking
     summary: dict[str, Any] = {
         "status": "FINISHED",
         "choices": {k: v for k, v in choices.items() if not k.startswith("hydra")},
@@ -20,12 +21,17 @@ def build(artifact: Artifact, choices: Mapping[str, str], run_dir: Path, wall_s:
         "wall_s": wall_s,
         "stages_s": {r.name: r.duration_s for r in artifact.lineage},
         "latency_ms": {},
-        "mlflow": {"run_id": run_id, "tracking_uri": tracking_uri, "experiment": experiment},
+        "mlflow": {"run_id": tracking.run_id, "tracking_uri": tracking.uri, "experiment": tracking.experiment},
+        "warnings": dict(record.warnings),
         "exports": [str(p) for k, p in artifact.files.items() if k.startswith("export.") and p.suffix != ".json"],
     }
     for role, name in (("baseline", "baseline"), ("optimized", "candidate")):
         if f"benchmark.{name}.p50_ms" in m:
             summary["latency_ms"][role] = {q: m[f"benchmark.{name}.{q}_ms"] for q in ("p50", "p90", "p99")}
+            if f"benchmark.{name}.dispersion" in m:
+                summary.setdefault("dispersion", {})[role] = m[f"benchmark.{name}.dispersion"]
+    if "benchmark.unstable" in m:
+        summary["unstable"] = bool(m["benchmark.unstable"])
     if "benchmark.speedup_p50" in m:
         summary["speedup_p50"] = m["benchmark.speedup_p50"]
     name = artifact.task_metric
@@ -67,22 +73,31 @@ def render(summary: Mapping[str, Any]) -> str:
             parts.append(f"top-1 {agreement['top1_agreement'] * 100:.2f}%")
         parts.append(f"max abs err {agreement['max_abs_error']:.3g}")
         lines.append(f"  {'output agreement':<20}{', '.join(parts)}")
+    dispersion = summary.get("dispersion")
+    if dispersion:
+        spread = ", ".join(f"{role} {value * 100:.1f}%" for role, value in dispersion.items())
+        lines.append(f"  {'timing spread':<20}IQR/median {spread}" + ("   UNSTABLE" if summary.get("unstable") else ""))
     size = summary["size_mb"]
     if size["before"] is not None:
         lines.append(f"  {'model size (MB)':<20}{_num(size['before'], 2):>12}{_num(size['after'], 2):>12}")
     if summary.get("compile_s"):
         lines.append(f"  {'compile time (s)':<20}{'':>12}{summary['compile_s']:>12.2f}")
     for path in summary["exports"]:
-        lines.append(f"  {'export':<20}{_relative(path)}")
+        lines.append(f"  {'export':<20}{relative(path)}")
     mlflow = summary["mlflow"]
     if mlflow["run_id"]:
-        lines.append(f"  {'MLflow run':<20}{mlflow['run_id']} (experiment '{mlflow['experiment']}')")
-        lines.append(f"  {'open the UI':<20}mlflow ui --backend-store-uri {mlflow['tracking_uri']}")
-    lines.append(f"  {'run dir':<20}{_relative(summary['run_dir'])}")
+        state = "" if mlflow.get("complete", True) else "  INCOMPLETE (see below)"
+        lines.append(f"  {'MLflow run':<20}{mlflow['run_id']} (experiment '{mlflow['experiment']}'){state}")
+        uri = mlflow["tracking_uri"]
+        ui = uri if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}"
+        lines.append(f"  {'open the UI':<20}{ui}")
+    lines.append(f"  {'run dir':<20}{relative(summary['run_dir'])}")
+    for message in summary.get("warnings", {}).values():
+        lines.append(f"  warning: {message}")
     return "\n".join(lines)
 
 
-def _relative(path: str) -> str:
+def relative(path: str) -> str:
     try:
         return os.path.relpath(path)
     except ValueError:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ptflow.errors import Problem, did_you_mean
+from ptflow.errors import Problem, did_you_mean, first_line
 
 PKG_SCHEME = "pkg://"
 
@@ -17,7 +17,11 @@ def resolve_path(text: str) -> Path:
     """``pkg://package/file`` -> a file shipped in a package; else a path (relative to cwd)."""
     if text.startswith(PKG_SCHEME):
         package, _, name = text[len(PKG_SCHEME):].partition("/")
-        return Path(str(importlib.resources.files(package).joinpath(name)))
+        try:
+            return Path(str(importlib.resources.files(package).joinpath(name)))
+        except Exception as error:   # ModuleNotFoundError, or a package that fails to import
+            raise FileNotFoundError(f"{text}: cannot find package '{package}' "
+                                    f"({type(error).__name__}: {error})") from None
     return Path(text).expanduser().resolve()
 
 
@@ -25,7 +29,13 @@ def _locate(dotted: str) -> Any:
     module_name, _, attr = dotted.rpartition(".")
     if not module_name:
         raise ImportError(f"'{dotted}' is not a dotted path like package.module.name")
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise
+    except Exception as error:   # a module that fails while importing: its own bug, named
+        raise ImportError(f"importing module '{module_name}' raised {type(error).__name__}: "
+                          f"{first_line(error)}") from None
     if not hasattr(module, attr):
         public = [n for n in dir(module) if not n.startswith("_")]
         hint = did_you_mean(attr, public)

@@ -1,33 +1,29 @@
-"""MLflow as the record: a hook on the engine, never code inside a stage.
+"""The MLflow store: its config, a pre-flight check that answers in seconds, and the
+once-per-store set-up (schema + experiment) under a cross-process lock.
 
-``prepare`` runs once in the launching process (schema + experiment, so parallel jobs
-never race on them); ``MlflowTracker`` is the per-run subscriber. mlflow is imported
-lazily: it costs ~1.4 s and the CLI must stay quick to reject a bad config.
+mlflow is imported lazily: it costs ~1.4 s and the CLI must stay quick to reject a bad
+config. The per-run subscriber is ``ptflow.tracker.MlflowTracker``.
 """
 from __future__ import annotations
 
 import enum
-import getpass
-import json
+import hashlib
 import logging
-import socket
-import subprocess
-import time
-import traceback
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
-from ptflow.params import sanitize_key, to_params
-
-if TYPE_CHECKING:
-    from ptflow.artifact import Artifact, StageRecord
-    from ptflow.plan import Plan
-    from ptflow.stage import RunContext
+from ptflow.errors import ConfigError, Problem, first_line
+from ptflow.files import creatable_dir_problem
 
 log = logging.getLogger(__name__)
-MAX_TAG = 5000
+PROBE_TIMEOUT_S = 3.0     # per try, for an http(s) store's /health
+PROBE_TRIES = 2
+LOCK_TIMEOUT_S = 120.0
 
 
 class TrackingBackend(str, enum.Enum):
@@ -43,6 +39,18 @@ class TrackingConfig:
     run_name: str | None = None       # null: the choices of `name_groups`, joined
     name_groups: tuple[str, ...] = ("model", "quantize", "compile")
     log_exports: bool = True          # copy exported model files into the run's artifacts
+    http_timeout_s: int = 30          # per MLflow request to an http(s) server
+    http_retries: int = 2             # retries per request (backoff 1 s, 2 s, ...)
+
+    def __post_init__(self) -> None:
+        if not self.experiment.strip():
+            raise ConfigError.single("experiment", self.experiment, "a non-empty experiment name")
+        if self.uri is not None and not self.uri.strip():
+            raise ConfigError.single("uri", self.uri, "an MLflow tracking URI, or null for the sqlite default")
+        if self.http_timeout_s < 1:
+            raise ConfigError.single("http_timeout_s", self.http_timeout_s, "seconds >= 1")
+        if self.http_retries < 0:
+            raise ConfigError.single("http_retries", self.http_retries, "an integer >= 0")
 
     @property
     def enabled(self) -> bool:
@@ -53,140 +61,139 @@ def store_uri(config: TrackingConfig, outputs_dir: Path) -> str:
     return config.uri or f"sqlite:///{(outputs_dir / 'mlflow.db').resolve()}"
 
 
-def prepare(config: TrackingConfig, outputs_dir: Path) -> str:
-    """Create the DB schema and the experiment (once, before any job); return its id."""
-    from mlflow.tracking import MlflowClient
+def _is_http(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
 
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite:/// URI (sqlite:////abs/path or sqlite:///relative)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def configure_http(config: TrackingConfig) -> None:
+    """Bound MLflow's HTTP retries (its defaults wait ~4 minutes on a dead server).
+
+    MLflow's own MLFLOW_HTTP_REQUEST_* variables win when the user has set them."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(config.http_timeout_s))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(config.http_retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0.2")
+
+
+def check_store(config: TrackingConfig, outputs_dir: Path) -> list[Problem]:
+    """Can this run's record be written? Decides in seconds, touches nothing."""
+    uri = store_uri(config, outputs_dir)
+    key = "tracking.uri" if config.uri else "outputs_dir"
+    db = _sqlite_path(uri)
+    if db is not None:
+        db = db.resolve()
+        reason = creatable_dir_problem(db.parent)
+        if reason is None and db.exists() and not os.access(db, os.R_OK | os.W_OK):
+            reason = f"{db} is read-only for this user"
+        if reason:
+            return [Problem(key, str(config.uri or outputs_dir), "a place where ptflow can write the MLflow "
+                            "database (mlflow.db and its journal)",
+                            f"{reason}; pick a writable outputs_dir, or tracking=none")]
+    elif _is_http(uri):
+        cause = probe(uri)
+        if cause:
+            return [Problem("tracking.uri", uri, "a reachable MLflow tracking server",
+                            f"{cause}; start the server (mlflow server --host ... --port ...), fix the "
+                            "URI, or run with tracking=none")]
+    return []
+
+
+def probe(uri: str) -> str | None:
+    """None if an http(s) server answers at `uri`, else why not (bounded: ~PROBE_TIMEOUT_S x tries)."""
+    url = uri.rstrip("/") + "/health"
+    cause = ""
+    for _ in range(PROBE_TRIES):
+        try:
+            with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S):
+                return None
+        except urllib.error.HTTPError:
+            return None        # something answered; MLflow itself will judge the rest
+        except (urllib.error.URLError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            cause = f"{type(reason).__name__}: {reason}" if not isinstance(reason, str) else reason
+    host = urlparse(uri).netloc
+    return f"no answer from {host} after {PROBE_TRIES} tries of {PROBE_TIMEOUT_S:.0f} s ({cause})"
+
+
+def _lock_path(uri: str) -> Path:
+    db = _sqlite_path(uri)
+    if db is not None:
+        return db.with_name(db.name + ".lock")
+    folder = Path(tempfile.gettempdir()) / "ptflow-locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / (hashlib.sha256(uri.encode()).hexdigest()[:16] + ".lock")
+
+
+def prepare(config: TrackingConfig, outputs_dir: Path) -> str:
+    """Create the store's schema and the experiment if needed; return the experiment id.
+
+    Any number of processes may call this at once (parallel single runs, joblib jobs): a
+    file lock next to the sqlite file serialises the schema migration and the experiment
+    creation, and an experiment created meanwhile elsewhere (another machine) is reused.
+    """
+    from filelock import FileLock
+
+    configure_http(config)
     uri = store_uri(config, outputs_dir)
     if uri.startswith("sqlite:"):
         outputs_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(_lock_path(uri)), timeout=LOCK_TIMEOUT_S):
+        client = _client(uri)
+        return _experiment_id(client, config.experiment, outputs_dir, uri)
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
     db_log = logging.getLogger("mlflow.store.db.utils")   # "Creating initial MLflow database tables..."
     level = db_log.level
     db_log.setLevel(logging.WARNING)
     try:
         client = MlflowClient(tracking_uri=uri)
-        experiment = client.get_experiment_by_name(config.experiment)
+        client.search_experiments(max_results=1)   # opens (and on first use migrates) the store
+        return client
     finally:
         db_log.setLevel(level)
+
+
+def _experiment_id(client, name: str, outputs_dir: Path, uri: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        location = None
-        if uri.startswith(("sqlite:", "file:")):
-            location = (outputs_dir / "mlartifacts").resolve().as_uri()
-        return client.create_experiment(config.experiment, artifact_location=location)
+        location = (outputs_dir / "mlartifacts").resolve().as_uri() if uri.startswith(("sqlite:", "file:")) else None
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except MlflowException:
+            experiment = client.get_experiment_by_name(name)   # created meanwhile by another machine
+            if experiment is None:
+                raise
     if experiment.lifecycle_stage == "deleted":
-        log.warning("MLflow experiment %r was deleted; restoring it", config.experiment)
+        log.warning("MLflow experiment %r was deleted; restoring it", name)
         client.restore_experiment(experiment.experiment_id)
     return experiment.experiment_id
 
 
-@dataclass(frozen=True)
-class RunInfo:
-    """What the launcher knows about this run, beyond the plan."""
-
-    config: Mapping[str, Any]              # resolved, without the hydra node
-    config_yaml: str
-    overrides: Sequence[str] = ()
-    extra_tags: Mapping[str, str] = field(default_factory=dict)
-
-
-class MlflowTracker:
-    """Engine hook: opens the run, records params/tags/metrics/artifacts, closes it."""
-
-    def __init__(self, config: TrackingConfig, outputs_dir: Path, info: RunInfo):
-        from mlflow.tracking import MlflowClient
-
-        self.config = config
-        self.uri = store_uri(config, outputs_dir)
-        self.experiment_id = prepare(config, outputs_dir)
-        self.client = MlflowClient(tracking_uri=self.uri)
-        self.info = info
-        self.run_id: str | None = None
-        self._open = False
-        self._logged_metrics: set[str] = set()
-
-    # -- engine hooks ------------------------------------------------------------
-    def before_run(self, plan: "Plan", ctx: "RunContext") -> None:
-        tags = {group: choice for group, choice in plan.choices.items() if not group.startswith("hydra")}
-        tags.update(self.info.extra_tags)
-        tags.update(_source_tags())
-        run = self.client.create_run(self.experiment_id, run_name=self._run_name(plan), tags=tags)
-        self.run_id, self._open = run.info.run_id, True
-        params, long_values = to_params(self.info.config)
-        params.update({f"system.{k}": str(v) for k, v in ctx.settings.items()})
-        self._log_batch(params=params)
-        if long_values:
-            self.client.log_dict(self.run_id, long_values, "params_long.json")
-        self.client.log_text(self.run_id, self.info.config_yaml, "config.yaml")
-        self.client.log_text(self.run_id, "\n".join(self.info.overrides) + "\n", "overrides.txt")
-        self.client.log_text(self.run_id, plan.render() + "\n", "plan.txt")
-
-    def after_stage(self, record: "StageRecord", artifact: "Artifact") -> None:
-        fresh = {k: v for k, v in artifact.metrics.items() if k not in self._logged_metrics}
-        self._log_batch(metrics=fresh)
-        self._logged_metrics.update(fresh)
-
-    def after_run(self, artifact: "Artifact | None", error: BaseException | None) -> None:
-        if error is not None:
-            self.fail(error)
-
-    # -- called by the job runner ----------------------------------------------------
-    def finish(self, summary_path: Path, files: Mapping[str, Path]) -> None:
-        """Log the summary and the run's files, then mark the run FINISHED."""
-        self.client.log_artifact(self.run_id, str(summary_path))
-        for name, path in files.items():
-            if path.is_file() and (self.config.log_exports or path.suffix == ".json"):
-                self.client.log_artifact(self.run_id, str(path), artifact_path=f"files/{name}")
-        self._end("FINISHED")
-
-    def fail(self, error: BaseException) -> None:
-        if not self._open:
-            return
-        text = str(error) or type(error).__name__
-        detail = "".join(traceback.format_exception(error))
-        self.client.set_tag(self.run_id, "ptflow.error", text[:MAX_TAG])
-        self.client.log_text(self.run_id, f"{text}\n\n{detail}", "error.txt")
-        self._end("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
-
-    def close(self) -> None:
-        """Safety net for `finally`: a run still open here did not finish cleanly."""
-        if self._open:
-            self.fail(RuntimeError("the run ended before ptflow could record its result"))
-
-    # -- helpers -------------------------------------------------------------------------
-    def _end(self, status: str) -> None:
-        self.client.set_terminated(self.run_id, status=status)
-        self._open = False
-
-    def _run_name(self, plan: "Plan") -> str:
-        if self.config.run_name:
-            return self.config.run_name
-        picked = [plan.choices[g] for g in self.config.name_groups if g in plan.choices]
-        return "-".join(picked) or plan.settings.task_name
-
-    def _log_batch(self, params: Mapping[str, str] | None = None,
-                   metrics: Mapping[str, float] | None = None) -> None:
-        from mlflow.entities import Metric, Param
-
-        now = int(time.time() * 1000)
-        param_list = [Param(k, v) for k, v in (params or {}).items()]
-        metric_list = [Metric(sanitize_key(k), float(v), now, 0) for k, v in (metrics or {}).items()
-                       if v is not None]
-        for start in range(0, len(param_list), 100):   # MLflow's per-batch limit
-            self.client.log_batch(self.run_id, params=param_list[start:start + 100])
-        for start in range(0, len(metric_list), 1000):
-            self.client.log_batch(self.run_id, metrics=metric_list[start:start + 1000])
-
-
-def _source_tags() -> dict[str, str]:
-    tags = {"hostname": socket.gethostname(), "git_sha": "unknown", "mlflow.source.name": "ptflow",
-            "mlflow.user": getpass.getuser()}
+def prepare_or_problem(config: TrackingConfig, outputs_dir: Path) -> tuple[str | None, list[Problem]]:
+    """``prepare`` for the launcher: (experiment id, []) or (None, problems naming the key)."""
+    problems = check_store(config, outputs_dir)
+    if problems:
+        return None, problems
+    uri = store_uri(config, outputs_dir)
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        if sha.returncode == 0:
-            tags["git_sha"] = tags["mlflow.source.git.commit"] = sha.stdout.strip()
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                   capture_output=True, text=True, timeout=5)
-            tags["git_dirty"] = json.dumps(bool(dirty.stdout.strip()))
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return tags
+        return prepare(config, outputs_dir), []
+    except Exception as error:   # MLflow, SQLAlchemy and OS errors alike: one line, the key, the cause
+        cause = f"{type(error).__name__}: {first_line(error)}"
+        if "experiment" in str(error).lower():
+            return None, [Problem("tracking.experiment", config.experiment, "an experiment name this "
+                                  "MLflow store accepts", cause)]
+        key = "tracking.uri" if config.uri else "outputs_dir"
+        return None, [Problem(key, uri, "an MLflow store ptflow can open and write", cause)]

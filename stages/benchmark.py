@@ -11,6 +11,7 @@ import torch
 from ptflow import fidelity, measure
 from ptflow.artifact import RUNNABLE, Artifact, Form
 from ptflow.errors import ConfigError, InputError, Problem
+from ptflow.files import write_atomic
 from ptflow.spec import call, flatten_outputs, select_output
 from ptflow.stage import Environment, RunContext, register_stage
 
@@ -82,7 +83,7 @@ class BenchmarkStage:
         if cfg.fidelity:
             metrics.update(_fidelity(artifact, ctx))
         path = ctx.path("benchmark", "latency_samples.json")
-        path.write_text(json.dumps({name: [s * 1e3 for s in values] for name, values in samples.items()}))
+        write_atomic(path, json.dumps({name: [s * 1e3 for s in values] for name, values in samples.items()}))
         return artifact.with_metrics(metrics).with_files({"latency_samples": path})
 
 

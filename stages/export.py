@@ -6,10 +6,13 @@ the manifest last: a manifest next to a file means that file is complete and che
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
+import io
 import json
 import os
 import platform
+import shutil
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -20,10 +23,12 @@ import torch
 
 from ptflow.artifact import Artifact, Form
 from ptflow.errors import ConfigError, InputError, Problem, invalid_choice
+from ptflow.files import creatable_dir_problem, named_errors, partial_file, write_atomic
 from ptflow.spec import ModelInputs, call, flatten_outputs
 from ptflow.stage import Environment, RunContext, register_stage
 
 FORMATS = ("pt2",)
+CHUNK = 1 << 22   # bytes per write: a signal or a full disk is noticed between chunks
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,9 @@ class ExportConfig:
             raise invalid_choice("format", self.format, FORMATS)
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ConfigError.single("name", self.name, "a plain file stem such as 'model'")
+        if not self.verify_atol >= 0:   # also rejects NaN
+            raise ConfigError.single("verify_atol", self.verify_atol, "a tolerance >= 0, e.g. 1e-4",
+                                     "set export.verify=false to skip the check instead")
 
 
 @register_stage("export", config=ExportConfig)
@@ -59,8 +67,12 @@ class ExportStage:
         return Form.EXPORTED
 
     def preflight(self, env: Environment) -> list[Problem]:
-        if self.config.dir and Path(self.config.dir).exists() and not Path(self.config.dir).is_dir():
-            return [Problem("export.dir", self.config.dir, "a directory (or a path to create)")]
+        if not self.config.dir:
+            return []
+        reason = creatable_dir_problem(Path(self.config.dir).expanduser().resolve())
+        if reason:
+            return [Problem("export.dir", self.config.dir, "a directory ptflow can create and write",
+                            f"{reason}; pick another export.dir, or null for <run dir>/export")]
         return []
 
     def run(self, artifact: Artifact, ctx: RunContext) -> Artifact:
@@ -74,9 +86,9 @@ class ExportStage:
                                       dynamic_shapes=_dynamic_shapes(artifact), strict=self.config.strict)
         target = out_dir / f"{self.config.name}.pt2"
         manifest_path = out_dir / "manifest.json"
-        partial = out_dir / f".{target.stem}.partial-{os.getpid()}{target.suffix}"  # torch wants .pt2
-        try:
-            torch.export.save(program, partial)
+        partial_name = out_dir / f".{target.stem}.partial-{os.getpid()}{target.suffix}"  # torch wants .pt2
+        with partial_file(partial_name) as partial:
+            _save_program(program, partial, _expected_mb(artifact))
             export_s = time.perf_counter() - started
             reloaded = torch.export.load(partial).module() if self.config.verify else program.module()
             error = self._verify(artifact, reloaded) if self.config.verify else float("nan")
@@ -88,10 +100,8 @@ class ExportStage:
             # this dir stayed intact; from here its manifest must not vouch for the new file.
             manifest_path.unlink(missing_ok=True)
             os.replace(partial, target)
-        finally:
-            partial.unlink(missing_ok=True)
         try:
-            _write_atomic(manifest_path, json.dumps(manifest, indent=2, default=str) + "\n")
+            write_atomic(manifest_path, json.dumps(manifest, indent=2, default=str) + "\n")
         except BaseException:
             target.unlink(missing_ok=True)   # no manifest, no file: never leave it looking complete
             raise
@@ -154,21 +164,37 @@ def _dynamic_shapes(artifact: Artifact) -> dict[str, Any] | None:
     return shapes
 
 
+def _expected_mb(artifact: Artifact) -> float:
+    m = artifact.metrics
+    return next((m[k] for k in ("quantize.size_mb", "load.size_mb") if k in m), 0.0)
+
+
+def _save_program(program: Any, path: Path, expected_mb: float) -> None:
+    """torch.export.save, made safe on a full disk.
+
+    torch's zip writer aborts the whole process (std::terminate in its destructor) when
+    a write fails, so the program is serialised into memory first and written with
+    Python I/O, whose failure is an ordinary OSError. Free space is checked first, so a
+    disk that is already too full fails at once, naming the path."""
+    free_mb = shutil.disk_usage(path.parent).free / 1e6
+    if expected_mb and free_mb < expected_mb * 1.1:
+        raise OSError(errno.ENOSPC, f"{free_mb:.1f} MB free, the export needs about {expected_mb:.1f} MB",
+                      str(path))
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    view = buffer.getbuffer()
+    with named_errors(path), path.open("wb") as handle:
+        for start in range(0, len(view), CHUNK):
+            handle.write(view[start:start + CHUNK])
+    del view
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        partial.write_text(text)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def _versions() -> dict[str, str]:

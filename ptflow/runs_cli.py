@@ -1,0 +1,113 @@
+"""`ptflow-runs`: look after run records once runs are over.
+
+  ptflow-runs relog RUN_DIR [RUN_DIR ...] [--tracking-uri URI] [--experiment NAME]
+      log finished run dirs into MLflow again (after a tracking outage, or into another
+      store): the run's MLflow run is completed if the store still has it, else created.
+  ptflow-runs close-stale [--outputs-dir DIR | --tracking-uri URI] [--experiment NAME]
+      end RUNNING runs whose process on this host is gone (SIGKILL, out of memory) as KILLED.
+
+Exit codes: 0 done, 1 something could not be done, 2 bad arguments or unreachable store.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ptflow.lifecycle import ProcessId
+from ptflow.record import RESULT_FILE, RunRecord
+from ptflow.stale import vanished_reason
+from ptflow.tracking import TrackingConfig, prepare_or_problem, store_uri
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ptflow-runs", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    relog = commands.add_parser("relog", help="log run dirs into MLflow again")
+    relog.add_argument("run_dirs", nargs="+", type=Path)
+    relog.add_argument("--tracking-uri", help="log here instead of the store the run used")
+    relog.add_argument("--experiment", help="experiment name (default: the run's own)")
+    stale = commands.add_parser("close-stale", help="end RUNNING runs of dead processes as KILLED")
+    stale.add_argument("--outputs-dir", type=Path, default=Path("outputs"),
+                       help="the outputs_dir whose mlflow.db to clean (default: outputs)")
+    stale.add_argument("--tracking-uri", help="a tracking URI instead of <outputs-dir>/mlflow.db")
+    stale.add_argument("--experiment", default="ptflow")
+    return parser
+
+
+def _store(uri: str | None, experiment: str, outputs_dir: Path) -> tuple[TrackingConfig, Path, str | None]:
+    """(config, outputs dir for a new experiment's artifacts, experiment id or None after an error)."""
+    config = TrackingConfig(uri=uri, experiment=experiment)
+    if uri and uri.startswith("sqlite:///"):
+        outputs_dir = Path(uri[len("sqlite:///"):]).resolve().parent
+    experiment_id, problems = prepare_or_problem(config, outputs_dir.resolve())
+    for problem in problems:
+        print(f"ptflow-runs: {problem.render()}", file=sys.stderr)
+    return config, outputs_dir.resolve(), experiment_id
+
+
+def relog(run_dir: Path, uri: str | None, experiment: str | None) -> int:
+    from ptflow.tracker import MlflowTracker
+
+    if not (run_dir / RESULT_FILE).is_file():
+        print(f"ptflow-runs: {run_dir} holds no {RESULT_FILE}: not a ptflow run dir", file=sys.stderr)
+        return 2
+    record = RunRecord.load(run_dir)
+    if record.status == "RUNNING":
+        process = ProcessId.parse(record.process)
+        if process is None or process.is_alive() is not False:
+            print(f"ptflow-runs: {run_dir} is still running (process {record.process}); re-log it "
+                  "when it has ended", file=sys.stderr)
+            return 1
+        record.end("KILLED", None, reason=vanished_reason(process))
+    target = uri or record.tracking.uri
+    if not target:
+        print(f"ptflow-runs: {run_dir} ran without tracking; say where to log it with --tracking-uri",
+              file=sys.stderr)
+        return 2
+    if uri and uri != record.tracking.uri:
+        record.tracking.run_id = None            # another store: a new run there
+    config, outputs_dir, experiment_id = _store(target, experiment or record.tracking.experiment or "ptflow",
+                                                Path("outputs"))
+    if experiment_id is None:
+        return 2
+    tracker = MlflowTracker(config, outputs_dir, record)
+    tracker.replay()
+    record.save()
+    if not tracker.ok:
+        return 1
+    print(f"re-logged {run_dir}: MLflow run {record.tracking.run_id} ({record.status}) in "
+          f"{store_uri(config, outputs_dir)}, experiment '{config.experiment}'")
+    return 0
+
+
+def close_stale(outputs_dir: Path, uri: str | None, experiment: str) -> int:
+    from ptflow.stale import close_stale_records, close_stale_runs
+
+    closed: list[str] = []
+    if uri or (outputs_dir / "mlflow.db").is_file():
+        from mlflow.tracking import MlflowClient
+
+        config, store_dir, experiment_id = _store(uri, experiment, outputs_dir)
+        if experiment_id is None:
+            return 2
+        closed = close_stale_runs(MlflowClient(tracking_uri=store_uri(config, store_dir)), [experiment_id])
+    records = close_stale_records(outputs_dir) if outputs_dir.is_dir() else []
+    print(f"closed {len(closed)} stale MLflow run(s) and {len(records)} run record(s) as KILLED "
+          "(their processes on this host are gone)")
+    for item in [*closed, *map(str, records)]:
+        print(f"  {item}")
+    return 0
+
+
+def run(argv: Sequence[str]) -> int:
+    args = _parser().parse_args(list(argv))
+    if args.command == "relog":
+        codes = [relog(d, args.tracking_uri, args.experiment) for d in args.run_dirs]
+        return max(codes)
+    return close_stale(args.outputs_dir, args.tracking_uri, args.experiment)
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))
