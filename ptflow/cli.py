@@ -33,6 +33,8 @@ usage: ptflow [-m] [group=option ...] [key=value ...]
   ptflow benchmark.iters=300 device.threads=1   change any key
   ptflow --cfg job                              print the composed config (Hydra)
   ptflow --hydra-help                           Hydra's own flags
+  ptflow-runs relog RUN_DIR                     log a run into MLflow again (after an outage)
+  ptflow-runs close-stale                       close runs whose process was killed (SIGKILL, OOM)
 
 exit codes: 0 finished, 1 a job failed, 2 config rejected before anything ran,
             3 finished but the MLflow record is incomplete (ptflow-runs relog RUN_DIR),
@@ -132,7 +134,8 @@ def _dir_override(kind: str, jobs, overrides: list[str]) -> tuple[Path, list[str
         raise ConfigError.single(key, "?", "a directory that resolves before the job starts",
                                  "use ${now:...}, ${outputs_dir} and plain text in it")
     try:
-        claimed = claim_dir(Path(wanted), taken_if=(RESULT_FILE,))
+        path = Path(wanted)
+        claimed = claim_dir(path if path.name else path.resolve(), taken_if=(RESULT_FILE,))   # '.' too
     except OSError as error:
         raise ConfigError.single(key, wanted, "a directory ptflow can create",
                                  f"{type(error).__name__}: {error}") from None
@@ -148,13 +151,16 @@ def _stopped(error: BaseException, sweep_dir: Path | None, stores: list[tuple[st
 
     stop = lifecycle.as_interrupted(error)
     if sweep_dir is None:
+        from ptflow.summary import relative
+
         last = OUTCOMES[-1] if OUTCOMES else None
-        if last is None or last.status != "KILLED":
+        if last is None:
             print(f"ptflow: stopped by {stop.signal_name} before a run started; nothing was recorded",
                   file=sys.stderr)
+        elif last.status != "KILLED":
+            print(f"ptflow: stopped by {stop.signal_name} after the run ended {last.status}; its record "
+                  f"is in {relative(last.run_dir)}", file=sys.stderr)
         else:
-            from ptflow.summary import relative
-
             mlflow = f"MLflow run {last.tracking.run_id} ended KILLED; " if last.tracking.complete else ""
             print(f"ptflow: {last.reason}: stopped; {mlflow}the run's record (KILLED) and partial "
                   f"outputs are in {relative(last.run_dir)}", file=sys.stderr)

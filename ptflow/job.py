@@ -89,6 +89,8 @@ def run(config: dict[str, Any], config_yaml: str, choices: dict[str, str], overr
         _write_error_file(run_dir, record.error, error)
     finally:
         with lifecycle.protected():   # a first signal now waits for the record; a second exits
+            if record.status == "RUNNING":   # SystemExit or another BaseException: still say so
+                record.end("FAILED", 1, error="the run ended before ptflow could record its result")
             if tracker is not None:
                 tracker.end()
             if record.status == "FINISHED" and tracker is not None and not record.tracking.complete:

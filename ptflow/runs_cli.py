@@ -22,7 +22,8 @@ from ptflow.tracking import TrackingConfig, prepare_or_problem, store_uri
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ptflow-runs", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="ptflow-runs", description=__doc__.replace("`", ""),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     relog = commands.add_parser("relog", help="log run dirs into MLflow again")
     relog.add_argument("run_dirs", nargs="+", type=Path)

@@ -143,11 +143,19 @@ def prepare(config: TrackingConfig, outputs_dir: Path) -> str:
 
     configure_http(config)
     uri = store_uri(config, outputs_dir)
-    if uri.startswith("sqlite:"):
-        outputs_dir.mkdir(parents=True, exist_ok=True)
+    db = _sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(_lock_path(uri)), timeout=LOCK_TIMEOUT_S):
         client = _client(uri)
-        return _experiment_id(client, config.experiment, outputs_dir, uri)
+        try:
+            return _experiment_id(client, config.experiment, outputs_dir, uri)
+        except Exception as error:
+            raise ExperimentError(f"{type(error).__name__}: {first_line(error)}") from error
+
+
+class ExperimentError(Exception):
+    """The store opened, but the experiment could not be found or created there."""
 
 
 def _client(uri: str):
@@ -190,10 +198,10 @@ def prepare_or_problem(config: TrackingConfig, outputs_dir: Path) -> tuple[str |
     uri = store_uri(config, outputs_dir)
     try:
         return prepare(config, outputs_dir), []
+    except ExperimentError as error:
+        return None, [Problem("tracking.experiment", config.experiment, "an experiment this MLflow "
+                              "store can find or create", str(error))]
     except Exception as error:   # MLflow, SQLAlchemy and OS errors alike: one line, the key, the cause
-        cause = f"{type(error).__name__}: {first_line(error)}"
-        if "experiment" in str(error).lower():
-            return None, [Problem("tracking.experiment", config.experiment, "an experiment name this "
-                                  "MLflow store accepts", cause)]
         key = "tracking.uri" if config.uri else "outputs_dir"
-        return None, [Problem(key, uri, "an MLflow store ptflow can open and write", cause)]
+        return None, [Problem(key, uri, "an MLflow store ptflow can open and write",
+                              f"{type(error).__name__}: {first_line(error)}")]

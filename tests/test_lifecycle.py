@@ -262,3 +262,16 @@ def test_every_job_of_a_big_sweep_is_checked(tmp_path):
                             cwd=tmp_path, env=_env(), text=True, capture_output=True, timeout=600)
     assert result.returncode == 2, result.stderr
     assert "seed" in result.stderr and f"in job(s): seed={2**70}" in result.stderr
+
+
+def test_a_joblib_sweep_into_a_fresh_dir_records_every_job(tmp_path):
+    proc = _start(tmp_path, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "experiment=latency_only",
+                  *QUICK, "quantize=none,int8_dynamic")
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert "2/2 job(s)" in out and "2 finished, 0 failed" in out
+    runs = _all_runs(_sqlite(tmp_path))
+    assert sorted(r.data.params["quantize.method"] for r in runs) == ["int8_dynamic", "none"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert len({r.data.tags["ptflow.process"] for r in runs}) == 2        # two worker processes
+    assert {r["status"] for r in _records(tmp_path / "outputs")} == {"FINISHED"}
