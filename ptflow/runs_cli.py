@@ -18,7 +18,7 @@ from pathlib import Path
 from ptflow.lifecycle import ProcessId
 from ptflow.record import RESULT_FILE, RunRecord
 from ptflow.stale import vanished_reason
-from ptflow.tracking import TrackingConfig, prepare_or_problem, store_uri
+from ptflow.tracking import TrackingConfig, prepare_or_problem, sqlite_path, store_uri
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,8 +40,9 @@ def _parser() -> argparse.ArgumentParser:
 def _store(uri: str | None, experiment: str, outputs_dir: Path) -> tuple[TrackingConfig, Path, str | None]:
     """(config, outputs dir for a new experiment's artifacts, experiment id or None after an error)."""
     config = TrackingConfig(uri=uri, experiment=experiment)
-    if uri and uri.startswith("sqlite:///"):
-        outputs_dir = Path(uri[len("sqlite:///"):]).resolve().parent
+    db = sqlite_path(uri) if uri else None
+    if db is not None:   # a new experiment's artifacts go next to the database, as ptflow's own
+        outputs_dir = db.resolve().parent
     experiment_id, problems = prepare_or_problem(config, outputs_dir.resolve())
     for problem in problems:
         print(f"ptflow-runs: {problem.render()}", file=sys.stderr)

@@ -65,7 +65,7 @@ def _is_http(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
-def _sqlite_path(uri: str) -> Path | None:
+def sqlite_path(uri: str) -> Path | None:
     """The database file of a sqlite:/// URI (sqlite:////abs/path or sqlite:///relative)."""
     if not uri.startswith("sqlite:///"):
         return None
@@ -87,7 +87,7 @@ def check_store(config: TrackingConfig, outputs_dir: Path) -> list[Problem]:
     """Can this run's record be written? Decides in seconds, touches nothing."""
     uri = store_uri(config, outputs_dir)
     key = "tracking.uri" if config.uri else "outputs_dir"
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     if db is not None:
         db = db.resolve()
         reason = creatable_dir_problem(db.parent)
@@ -124,7 +124,7 @@ def probe(uri: str) -> str | None:
 
 
 def _lock_path(uri: str) -> Path:
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     if db is not None:
         return db.with_name(db.name + ".lock")
     folder = Path(tempfile.gettempdir()) / "ptflow-locks"
@@ -143,7 +143,7 @@ def prepare(config: TrackingConfig, outputs_dir: Path) -> str:
 
     configure_http(config)
     uri = store_uri(config, outputs_dir)
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(_lock_path(uri)), timeout=LOCK_TIMEOUT_S):
