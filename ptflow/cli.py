@@ -10,15 +10,17 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 
 from ptflow.errors import ConfigError
 
-CONFIG_DIR = Path(os.environ.get("PTFLOW_CONFIG_DIR") or Path(__file__).resolve().parents[1] / "conf")
+# conf/ ships as the package ptflow.conf (pyproject maps it): a real directory in wheel and editable installs.
+CONFIG_DIR = Path(os.environ.get("PTFLOW_CONFIG_DIR") or resources.files("ptflow.conf"))
 MULTIRUN_FLAGS = {"-m", "--multirun"}
 CONFIG_DIR_FLAGS = {"-cd", "--config-dir"}
 HYDRA_PASSTHROUGH = ("--cfg", "-c", "--info", "-i", "--hydra-help", "--shell-completion", "-sc",
-                     "--resolve", "--version", "--package", "-p")
+                     "--resolve", "--package", "-p")
 
 USAGE = """\
 ptflow — compile, optimize, benchmark and export a PyTorch model as a checked pipeline.
@@ -170,9 +172,20 @@ def _stopped(error: BaseException, sweep_dir: Path | None, stores: list[tuple[st
     return stop.exit_code
 
 
+def _version() -> str:
+    from importlib.metadata import version
+
+    import hydra
+
+    return f"ptflow {version('ptflow')} (Hydra {hydra.__version__})"
+
+
 def run(argv: Sequence[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(_help())
+        return 0
+    if "--version" in argv:
+        print(_version())
         return 0
     if any(a.split("=", 1)[0] in HYDRA_PASSTHROUGH for a in argv):
         _launch(argv)

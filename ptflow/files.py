@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -79,7 +80,7 @@ def claim_dir(path: Path, taken_if: Iterable[str] = ()) -> Path:
             handle = os.open(candidate / CLAIM_FILE, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             continue
-        os.write(handle, f"{os.getpid()}\n".encode())
+        os.write(handle, f"{os.getpid()} {uuid.uuid4().hex}\n".encode())   # pid, then a unique id
         os.close(handle)
         return candidate
     raise FileExistsError(f"{path} and {MAX_CLAIM_TRIES - 1} numbered variants are all taken")

@@ -7,22 +7,20 @@ and exits 3 so nobody mistakes an incomplete MLflow record for a complete one.
 """
 from __future__ import annotations
 
-import getpass
 import hashlib
 import json
 import logging
-import socket
-import subprocess
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-from ptflow import device, engine, lifecycle, summary
+from ptflow import device, engine, lifecycle, naming, summary
 from ptflow.errors import ConfigError, PtflowError, first_line
 from ptflow.files import describe_no_space, no_space, write_atomic
-from ptflow.plan import Plan, compile_plan
+from ptflow.naming import JobInfo
+from ptflow.plan import compile_plan
 from ptflow.record import RESULT_FILE, RunRecord
 from ptflow.stage import RunContext
 from ptflow.tracker import MlflowTracker, relog_command
@@ -38,7 +36,7 @@ def config_hash(config: dict[str, Any]) -> str:
 
 
 def run(config: dict[str, Any], config_yaml: str, choices: dict[str, str], overrides: list[str],
-        run_dir: Path, extra_tags: dict[str, str]) -> RunRecord:
+        run_dir: Path, job: JobInfo | None = None) -> RunRecord:
     """Run one pipeline and record how it ended. User errors never raise (the record says
     what happened); a stop signal is recorded KILLED and then raised again."""
     started = time.perf_counter()
@@ -56,8 +54,9 @@ def run(config: dict[str, Any], config_yaml: str, choices: dict[str, str], overr
     try:
         plan = compile_plan(config, choices)
         settings = plan.settings
-        record.run_name = _run_name(plan)
-        record.tags = _run_tags(plan, extra_tags, record)
+        job = job or JobInfo()
+        record.run_name = naming.run_name(plan, job)
+        record.tags = naming.run_tags(plan, job, record)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(run_dir / "config.yaml", config_yaml)
         write_atomic(run_dir / "plan.txt", plan.render() + "\n")
@@ -101,37 +100,6 @@ def run(config: dict[str, Any], config_yaml: str, choices: dict[str, str], overr
     if interrupted is not None:
         raise interrupted
     return record
-
-
-def _run_name(plan: Plan) -> str:
-    tracking = plan.settings.tracking
-    if tracking.run_name:
-        return tracking.run_name
-    picked = [plan.choices[g] for g in tracking.name_groups if g in plan.choices]
-    return "-".join(picked) or plan.settings.task_name
-
-
-def _run_tags(plan: Plan, extra: dict[str, str], record: RunRecord) -> dict[str, str]:
-    tags = {group: choice for group, choice in plan.choices.items() if not group.startswith("hydra")}
-    tags.update(extra)
-    tags.update(_source_tags())
-    tags.update({"ptflow.process": record.process, "ptflow.run_dir": str(Path(record.run_dir).resolve())})
-    return tags
-
-
-def _source_tags() -> dict[str, str]:
-    tags = {"hostname": socket.gethostname(), "git_sha": "unknown", "mlflow.source.name": "ptflow",
-            "mlflow.user": getpass.getuser()}
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        if sha.returncode == 0:
-            tags["git_sha"] = tags["mlflow.source.git.commit"] = sha.stdout.strip()
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                   capture_output=True, text=True, timeout=5)
-            tags["git_dirty"] = json.dumps(bool(dirty.stdout.strip()))
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return tags
 
 
 def _failure_text(error: Exception, run_dir: Path) -> str:
@@ -183,12 +151,12 @@ def hydra_task(cfg: Any) -> None:
     logging.raiseExceptions = False   # a full disk must not spray logging tracebacks
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)   # MLflow's retries: we report once
     hydra_cfg = HydraConfig.get()
-    tags = {}
+    job = JobInfo()
     if hydra_cfg.mode == RunMode.MULTIRUN:
-        tags = {"ptflow.sweep": str(Path(hydra_cfg.sweep.dir).resolve()), "ptflow.job_num": str(hydra_cfg.job.num)}
+        job = JobInfo(sweep_dir=str(Path(hydra_cfg.sweep.dir).resolve()), job_num=int(hydra_cfg.job.num))
     run(config=OmegaConf.to_container(cfg, resolve=True),
         config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
         choices={k: str(v) for k, v in hydra_cfg.runtime.choices.items() if v is not None},
         overrides=list(hydra_cfg.overrides.task),
         run_dir=Path(hydra_cfg.runtime.output_dir),
-        extra_tags=tags)
+        job=job)

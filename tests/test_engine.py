@@ -113,7 +113,7 @@ def test_a_failing_stage_is_named_and_earlier_outputs_stay(tmp_path):
 
 
 def test_a_stage_that_breaks_its_declared_form_is_caught(tmp_path, monkeypatch):
-    from stages.quantize import QuantizeStage
+    from ptflow.stages.quantize import QuantizeStage
 
     monkeypatch.setattr(QuantizeStage, "run", lambda self, artifact, ctx: artifact)  # forgets to quantize
     with pytest.raises(StageError, match="produced a eager model; the stage declared quantized"):
@@ -122,7 +122,7 @@ def test_a_stage_that_breaks_its_declared_form_is_caught(tmp_path, monkeypatch):
 
 def test_a_failed_export_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
     from ptflow.errors import InputError
-    from stages.export import ExportStage
+    from ptflow.stages.export import ExportStage
 
     out = tmp_path / "exports"
     _run(tmp_path / "first", f"export.dir={out}", "pipeline=[load,validate,export]")

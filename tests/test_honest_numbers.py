@@ -16,8 +16,8 @@ from ptflow.data import Split, make_batches
 from ptflow.device import DeviceConfig
 from ptflow.errors import ConfigError, InputError
 from ptflow.stage import RunContext
-from stages.benchmark import BenchmarkConfig, BenchmarkStage, stability
-from stages.validate import ValidateConfig, ValidateStage
+from ptflow.stages.benchmark import BenchmarkConfig, BenchmarkStage, stability
+from ptflow.stages.validate import ValidateConfig, ValidateStage
 
 ROWS, FEATURES, CLASSES = 6, 4, 3
 

@@ -11,7 +11,7 @@ from ptflow.errors import ConfigError, InputError
 from ptflow.stage import Environment
 from ptflow.targets import resolve_path
 from ptflow.zoo.digits import DigitsMLP
-from stages.load import LoadConfig, LoadStage, ModelConfig, build_model
+from ptflow.stages.load import LoadConfig, LoadStage, ModelConfig, build_model
 
 BUILDER = {"_target_": "ptflow.zoo.digits.DigitsMLP"}
 BUNDLED = resolve_path("pkg://ptflow.zoo/digits_mlp.safetensors")
@@ -89,7 +89,7 @@ def test_preflight_checks_targets_and_their_arguments():
 
     config = LoadConfig(
         model=ModelConfig(builder={"_target_": "ptflow.zoo.digits.DigitsMPL"}, weights=str(BUNDLED)),
-        data=__import__("stages.load", fromlist=["DataConfig"]).DataConfig(
+        data=__import__("ptflow.stages.load", fromlist=["DataConfig"]).DataConfig(
             source={"_target_": "ptflow.zoo.digits.digits_split", "splitt": "test"}))
     rendered = [p.render() for p in LoadStage(config).preflight(Environment("cpu"))]
     assert any("did you mean 'DigitsMLP'" in r for r in rendered)

@@ -20,7 +20,7 @@ from safetensors.torch import save, save_file
 from ptflow import engine, weights
 from ptflow.errors import InputError
 from ptflow.stage import Environment, RunContext
-from stages.load import DataConfig, LoadConfig, LoadStage, ModelConfig, build_model
+from ptflow.stages.load import DataConfig, LoadConfig, LoadStage, ModelConfig, build_model
 
 BUILDER = {"_target_": "tests.toy_models.KeywordNet", "width": 4}
 SOURCE = {"_target_": "tests.toy_models.keyword_split", "rows": 8}
