@@ -34,10 +34,10 @@ def main() -> None:
               f"{'speedup':>9}{'acc delta':>11}{'compile s':>11}")
         for run in runs:
             m, t = run.data.metrics, run.data.tags
-            print(f"{t['quantize']:<14}{t['compile']:<10}{m['benchmark.baseline.p50_ms']:>12.3f}"
-                  f"{m['benchmark.candidate.p50_ms']:>9.3f}{m['benchmark.candidate.p99_ms']:>9.3f}"
-                  f"{m['benchmark.speedup_p50']:>8.2f}x{m['benchmark.top1_accuracy_delta']:>+11.4f}"
-                  f"{m['compile.compile_s']:>11.2f}")
+            print(f"{t['quantize']:<14}{t['compile']:<10}{m['benchmark/baseline.p50_ms']:>12.3f}"
+                  f"{m['benchmark/candidate.p50_ms']:>9.3f}{m['benchmark/candidate.p99_ms']:>9.3f}"
+                  f"{m['benchmark/speedup_p50']:>8.2f}x{m['benchmark/top1_accuracy_delta']:>+11.4f}"
+                  f"{m['compile/compile_s']:>11.2f}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,41 @@ class Form(str, enum.Enum):
 RUNNABLE = frozenset(Form)
 
 
+class DataContext(str, enum.Enum):
+    """What a stage used a data set for (MLflow's dataset context tag)."""
+
+    EVAL = "eval"              # validate and benchmark measure the model on it
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One column of a data set: a tensor's name, dtype and shape, -1 marking the example dim."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Which data a run used, described by the stage that loaded it (the tracker logs it).
+
+    ``digest`` is the sha256 of the rows used (inputs, then targets), so two runs measured
+    on the same data carry the same digest whatever their batch size.
+    """
+
+    name: str
+    context: DataContext
+    source: str                          # the builder's `_target_` and its arguments, as text
+    digest: str
+    inputs: tuple[TensorInfo, ...]
+    targets: TensorInfo | None
+    rows: int
+
+
 @dataclass(frozen=True)
 class Baseline:
     """The unoptimized model's reference, captured once by validate.
@@ -75,6 +110,7 @@ class Artifact:
     baseline: Baseline | None = None
     metrics: Mapping[str, float] = field(default_factory=dict)
     files: Mapping[str, Path] = field(default_factory=dict)
+    datasets: tuple[DatasetInfo, ...] = ()    # the data the run used (eval; later calibration)
     lineage: tuple[StageRecord, ...] = ()
 
     def evolve(self, **changes: Any) -> "Artifact":

@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from ptflow import device, engine, lifecycle, naming, summary
+from ptflow import device, engine, fidelity, lifecycle, naming, objective, summary
 from ptflow.errors import ConfigError, PtflowError, first_line
 from ptflow.files import describe_no_space, no_space, write_atomic
 from ptflow.naming import JobInfo
@@ -25,6 +25,7 @@ from ptflow.record import RESULT_FILE, RunRecord
 from ptflow.stage import RunContext
 from ptflow.tracker import MlflowTracker, relog_command
 
+log = logging.getLogger(__name__)
 EXIT_TRACKING_INCOMPLETE = 3
 OUTCOMES: list[RunRecord] = []   # in-process launchers: the CLI reads these for its exit code
 
@@ -72,6 +73,11 @@ def run(config: dict[str, Any], config_yaml: str, choices: dict[str, str], overr
         if settings.tracking.enabled:
             tracker = MlflowTracker(settings.tracking, Path(settings.outputs_dir).resolve(), record)
         artifact = engine.run(plan, ctx, [record, tracker] if tracker else [record])
+        record.objective, why_not = objective.value(
+            artifact.metrics, settings.objective, settings.accuracy_budget, artifact.task_metric,
+            fidelity.metric(artifact.task_metric).higher_is_better if artifact.task_metric else True)
+        if why_not:
+            warn("objective", why_not)
         record.summary = summary.build(artifact, choices, run_dir, time.perf_counter() - started, record)
         write_atomic(run_dir / "summary.json", json.dumps(record.summary, indent=2, default=str) + "\n")
         record.end("FINISHED", 0)
@@ -141,22 +147,36 @@ def _report(record: RunRecord, tracked: bool) -> None:
               file=sys.stderr, flush=True)
 
 
-def hydra_task(cfg: Any) -> None:
-    """The function Hydra calls for each job (in this process, or in a launcher's worker)."""
+def hydra_task(cfg: Any) -> float | None:
+    """The function Hydra calls for each job (in this process, or in a launcher's worker);
+    returns the run's objective for a sweeper (None when the run does not count)."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
     from omegaconf import OmegaConf
 
     lifecycle.install()            # a joblib worker gets its own handlers
     logging.raiseExceptions = False   # a full disk must not spray logging tracebacks
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)   # MLflow's retries: we report once
     hydra_cfg = HydraConfig.get()
-    job = JobInfo()
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        job = JobInfo(sweep_dir=str(Path(hydra_cfg.sweep.dir).resolve()), job_num=int(hydra_cfg.job.num))
-    run(config=OmegaConf.to_container(cfg, resolve=True),
-        config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
-        choices={k: str(v) for k, v in hydra_cfg.runtime.choices.items() if v is not None},
-        overrides=list(hydra_cfg.overrides.task),
-        run_dir=Path(hydra_cfg.runtime.output_dir),
-        job=job)
+    _console_verbosity(hydra_cfg.verbose)
+    job = JobInfo.from_hydra(hydra_cfg)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    # hydra.job.chdir=true runs the job in its run dir: outputs_dir stays where the user meant it
+    config["outputs_dir"] = str(Path(hydra_cfg.runtime.cwd, config.get("outputs_dir", "outputs")))
+    log.debug("job config composed; run dir %s", hydra_cfg.runtime.output_dir)
+    return run(config=config,
+               config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
+               choices={k: str(v) for k, v in hydra_cfg.runtime.choices.items() if v is not None},
+               overrides=list(job.overrides),
+               run_dir=Path(hydra_cfg.runtime.output_dir),
+               job=job).objective
+
+
+def _console_verbosity(verbose: Any) -> None:
+    """hydra.verbose=true (or naming ptflow) shows ptflow's debug log on the console too:
+    ptflow's console handler is set to WARNING, so raising logger levels alone shows nothing."""
+    names = [verbose] if isinstance(verbose, str) else list(verbose) if not isinstance(verbose, bool) else []
+    if verbose is True or any(n == "ptflow" or n.startswith("ptflow.") for n in names):
+        logging.getLogger("ptflow").setLevel(logging.DEBUG)
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.setLevel(logging.DEBUG)

@@ -12,7 +12,7 @@ from pathlib import Path
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ptflow import device, typed
+from ptflow import device, objective, typed
 from ptflow.artifact import Form
 from ptflow.device import DeviceConfig
 from ptflow.errors import ConfigError, Problem, did_you_mean, first_line
@@ -36,6 +36,8 @@ class RunSettings:
     outputs_dir: str = "outputs"
     plugins: tuple[str, ...] = ()
     task_name: str = "ptflow"
+    objective: str | None = "benchmark.speedup_p50"   # the metric a job returns to a sweeper
+    accuracy_budget: float | None = None              # largest task-metric drop a candidate may show
 
     def __post_init__(self) -> None:
         problems = []
@@ -118,6 +120,7 @@ def compile_plan(cfg: Mapping[str, Any], choices: Mapping[str, str] | None = Non
     stages = _check_chain(settings, cfg, registry, problems)
     problems.extend(device.check(settings.device))
     problems.extend(_outputs_dir_problems(settings))
+    problems.extend(objective.problems(settings.objective, settings.accuracy_budget, settings.pipeline, cfg))
     if problems:
         raise ConfigError(_unique(problems))
     return Plan(settings, tuple(stages), dict(choices or {}))

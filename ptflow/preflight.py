@@ -1,241 +1,229 @@
-"""Check a command line before Hydra launches anything: overrides, every sweep job's plan.
+"""Pre-flight inside Hydra's own flow: check every job before the first one starts.
 
-Hydra stops at the first bad override with its own message; here every override is
-checked (group options, keys, value types) and every job of a sweep is composed and
-compiled, so one ConfigError lists all problems before any job starts.
+Hydra parses the command line, composes the config and expands the sweep (glob, range,
+interval, choice, config-declared `hydra.sweeper.params`, search path, -cn/-cp/-cd)
+as for any `@hydra.main` app. The `Preflight` callback then runs in the launching
+process, before any job:
+
+1. the job list comes from the configured sweeper itself, its launcher swapped for a
+   recorder; a sweeper that chooses jobs as it goes (Optuna) gets one probe job per
+   value of each search dimension instead — each trial's plan is checked again in its job;
+2. each job is composed as the launcher will compose it (`load_sweep_config`), hydra
+   node included, and its plan compiled; every problem of every job is reported at once;
+3. `dry_run=true` prints the plans and stops;
+4. the tracking store is checked and prepared, stale runs closed, the run dir claimed.
+
+Hydra catches Exceptions raised by callbacks and goes on, so the outcomes that must stop
+it (`Rejected`, `DryRun`) are BaseExceptions.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
-import itertools
-import types
-import typing
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptflow.errors import ConfigError, Problem, did_you_mean
-from ptflow.plan import Plan, RunSettings, compile_plan
-from ptflow.stage import load_stages
+from hydra.experimental.callback import Callback
 
+from ptflow import objective, sweep
+from ptflow.errors import ConfigError, Problem, did_you_mean, first_line
+from ptflow.overrides import job_config
+from ptflow.plan import Plan, compile_plan
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 PROGRESS_FROM_JOBS = 64   # show a progress bar when checking this many jobs or more
+
+
+class Rejected(BaseException):
+    """The config has problems; nothing ran."""
+
+    def __init__(self, error: ConfigError):
+        super().__init__(str(error))
+        self.error = error
+
+
+class DryRun(BaseException):
+    """dry_run=true: the plans were printed; nothing runs."""
 
 
 @dataclass(frozen=True)
 class Job:
-    overrides: tuple[str, ...]       # one value per key, as Hydra will launch it
+    overrides: tuple[str, ...]
     config: Mapping[str, Any]        # resolved, without the hydra node
     plan: Plan
-    dirs: Mapping[str, str] = dataclasses.field(default_factory=dict)  # hydra.run.dir / sweep.dir, resolved
 
 
-@dataclass(frozen=True)
-class Checked:
-    overrides: tuple[str, ...]       # the command line's overrides, normalised for Hydra
-    jobs: tuple[Job, ...]
+@dataclass
+class Launch:
+    """What the command needs once Hydra returns."""
+
+    mode: str | None = None           # "run" or "multirun", once checked
+    dir: Path | None = None           # the claimed run or sweep dir
+    expected: int | None = None       # jobs in the sweep; None when the sweeper decides as it goes
+    stores: list[tuple[str, str]] = field(default_factory=list)   # (tracking URI, experiment id)
 
 
-def option_groups(config_dirs: Sequence[Path]) -> dict[str, set[str]]:
-    """Top-level config groups (folders with .yaml files) and their options."""
-    groups: dict[str, set[str]] = {}
-    for root in config_dirs:
-        for folder in (p for p in root.iterdir() if p.is_dir()):
-            options = {f.stem for f in folder.glob("*.yaml")}
-            if options:
-                groups.setdefault(folder.name, set()).update(options)
-    return groups
+LAUNCH = Launch()
 
 
-def check(overrides: Sequence[str], config_dir: Path, extra_dirs: Sequence[Path] = (),
-          multirun: bool = False) -> Checked:
-    """Validate the overrides and every job they describe; raise ConfigError listing all problems."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
+class Preflight(Callback):
+    """Registered by the `ptflow` command as hydra.callbacks.ptflow_preflight."""
 
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        _guarded(_check_run, config)
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        _guarded(_check_multirun, config)
+
+
+def _guarded(check: Any, config: Any) -> None:
     try:
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
-    except OverrideParseException as error:
-        raise ConfigError.single("overrides", " ".join(overrides), "key=value items", str(error)) from None
-    groups = option_groups([config_dir, *extra_dirs])
-    problems: list[Problem] = []
-    sweeps: list[list[str]] = []       # per override: the 'key=value' items it expands to
-    for override in parsed:
-        key = override.get_key_element()
-        values = _values(override)
-        if override.is_sweep_override() and not multirun:
-            problems.append(Problem(override.key_or_group, ",".join(values),
-                                    "one value (sweeping several needs -m / --multirun)",
-                                    f"run: ptflow -m {override.input_line}"))
-            sweeps.append([])
-            continue
-        name = override.key_or_group
-        if name.startswith("hydra") or override.is_delete():
-            sweeps.append([f"{key}={v}" for v in values] if values else [override.input_line])
-        elif name in groups:
-            bad = [v for v in values if v not in groups[name] and v != "null"]
-            for value in bad:
-                problems.append(Problem(name, value, f"an option of group '{name}': "
-                                        + ", ".join(sorted(groups[name])), did_you_mean(value, groups[name])))
-            sweeps.append([f"{key}={v}" for v in values if v not in bad])
-        else:
-            sweeps.append([f"{key}={v}" for v in values])
-    group_items = [s for s, o in zip(sweeps, parsed) if o.key_or_group in groups]
-    base = _compose([config_dir, *extra_dirs], [s[0] for s in group_items if s])
-    normalised: list[list[str]] = []   # per override: its items, as each job will see them
-    launch: list[str] = []             # per override: the text Hydra gets (the user's own)
-    for override, items in zip(parsed, sweeps):
-        if override.key_or_group in groups or override.key_or_group.startswith("hydra") or not items:
-            normalised.append(items)
-            launch.append(override.input_line)
-            continue
-        prefix = _key_prefix(override, base, problems)
-        normalised.append([] if prefix is None else [prefix + item for item in items])
-        launch.append((prefix or "") + override.input_line)
-    try:   # plan the jobs with the overrides that passed, so one report lists everything
-        jobs = _plan_jobs([config_dir, *extra_dirs], [items for items in normalised if items])
+        check(config)
+    except (Rejected, DryRun):
+        raise
     except ConfigError as error:
-        problems.extend(error.problems)
-    if problems:
-        raise ConfigError(problems)
-    return Checked(tuple(launch), jobs)
+        raise Rejected(error) from None
+    except Exception as error:   # a bug of ours must stop the launch, not be warned about by Hydra
+        raise Rejected(ConfigError.single("pre-flight", type(error).__name__, "a check that completes",
+                                          first_line(error))) from None
 
 
-def _values(override: Any) -> list[str]:
-    if override.is_sweep_override():
-        return list(override.sweep_string_iterator())
-    if override.is_delete() and override.value() is None:
-        return []
-    return [override.input_line.split("=", 1)[1]]   # as typed: keeps 'true', quoting, lists
+def plan_job(cfg: Any, overrides: tuple[str, ...]) -> Job:
+    config, choices = job_config(cfg, " ".join(overrides) or "(defaults)")
+    return Job(overrides, config, compile_plan(config, choices))
 
 
-def _key_prefix(override: Any, base: Mapping[str, Any], problems: list[Problem]) -> str | None:
-    """'' if the key exists, '++' for a schema field the yaml omits, None (and a problem) if unknown."""
-    path = override.key_or_group.split(".")
-    if override.get_key_element().startswith("+") or override.package:
-        return ""
-    node: Any = base
-    for depth, part in enumerate(path):
-        if isinstance(node, Mapping) and part in node:
-            node = node[part]
-            continue
-        allowed, free_form = _schema_keys(path[:depth], base)
-        if free_form or part in allowed:
-            return "++"   # a schema field the yaml leaves at its default
-        siblings = set(node) if isinstance(node, Mapping) else set()
-        where = ".".join(path[:depth]) or "the top level"
-        problems.append(Problem(override.key_or_group, override.get_value_element_as_str(),
-                                f"a key of {where}: " + ", ".join(sorted(siblings | allowed)),
-                                did_you_mean(part, siblings | allowed)
-                                or f"use +{override.key_or_group}=... to add a new key"))
-        return None
-    return ""
+def _check_run(config: Any) -> None:
+    job = plan_job(copy.deepcopy(config), sweep.task_overrides(config))
+    _finish(config, [job], "run", 1)
 
 
-def _schema_keys(path: Sequence[str], base: Mapping[str, Any]) -> tuple[set[str], bool]:
-    """(field names the schema allows under `path`, whether that node is a free-form mapping)."""
-    registry = load_stages(tuple(base.get("plugins") or ()))
-    if not path:
-        keys = {f.name for f in dataclasses.fields(RunSettings)}
-        return keys | {key for spec in registry.values() for key in spec.config_keys}, False
-    owners = {key: spec for spec in registry.values() for key in spec.config_keys}
-    head, *rest = path
-    spec = owners.get(head)
-    if spec is None:
-        tp: Any = typing.get_type_hints(RunSettings).get(head)
-    elif len(spec.config_keys) == 1:
-        tp = spec.config_cls
-    else:
-        tp = typing.get_type_hints(spec.config_cls)[head]
-    for part in rest:
-        tp = _unwrap(tp)
-        tp = typing.get_type_hints(tp).get(part) if dataclasses.is_dataclass(tp) else None
-    tp = _unwrap(tp)
-    if dataclasses.is_dataclass(tp):
-        return {f.name for f in dataclasses.fields(tp)}, False
-    return set(), typing.get_origin(tp) in (dict, Mapping) or tp in (dict, Any)
-
-
-def _unwrap(tp: Any) -> Any:
-    """Optional[X] -> X."""
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
-        return args[0]
-    return tp
-
-
-def _compose(config_dirs: Sequence[Path], overrides: Sequence[str]) -> dict[str, Any]:
-    """Compose with Hydra; return the config (unresolved, no hydra node)."""
-    cfg, _ = compose_config(config_dirs, overrides, resolve=False)
-    return cfg
-
-
-def compose_config(config_dirs: Sequence[Path], overrides: Sequence[str], resolve: bool,
-                   dirs: dict[str, str] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
-    """(config without the hydra node, group choices); fills `dirs` with Hydra's run/sweep dirs."""
-    from hydra import compose, initialize_config_dir
+def _check_multirun(config: Any) -> None:
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf, open_dict
-
-    extra = [f"hydra.searchpath=[{','.join('file://' + str(d) for d in config_dirs[1:])}]"] \
-        if len(config_dirs) > 1 else []
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(config_dirs[0]), version_base="1.3", job_name="ptflow"):
-            cfg = compose("config", overrides=[*overrides, *extra], return_hydra_config=True)
-    except Exception as error:  # Hydra raises several types; all mean "this config does not compose"
-        # keep every line: a YAML error names its file, line and column on the second one
-        raise ConfigError.single("overrides", " ".join(overrides), "a config that composes",
-                                 " ".join(str(error).split())) from None
-    finally:
-        GlobalHydra.instance().clear()
-    choices = {k: str(v) for k, v in OmegaConf.to_container(cfg.hydra.runtime.choices).items()
-               if v is not None}
-    for name in ("run", "sweep") if dirs is not None else ():
-        try:
-            dirs[name] = str(OmegaConf.select(cfg, f"hydra.{name}.dir"))
-        except Exception:  # an interpolation only Hydra's job runtime can resolve: Hydra picks the dir
-            pass
-    with open_dict(cfg):
-        del cfg["hydra"]
-    try:
-        return OmegaConf.to_container(cfg, resolve=resolve), choices
-    except Exception as error:
-        raise ConfigError.single("config", " ".join(overrides), "interpolations that resolve",
-                                 str(error).splitlines()[0]) from None
-
-
-def compose_job(config_dirs: Sequence[Path], overrides: Sequence[str]) -> Job:
-    dirs: dict[str, str] = {}
-    config, choices = compose_config(config_dirs, overrides, resolve=True, dirs=dirs)
-    return Job(tuple(overrides), config, compile_plan(config, choices), dirs)
-
-
-def _plan_jobs(config_dirs: Sequence[Path], sweeps: Sequence[Sequence[str]]) -> tuple[Job, ...]:
-    jobs: list[Job] = []
-    problems: dict[str, list[str]] = {}
-    order: list[Problem] = []
     from tqdm.auto import tqdm
 
-    total = 1
-    for items in sweeps:
-        total *= len(items)
-    combos = itertools.product(*sweeps)   # every job is checked: an unchecked one could be invalid
-    for combo in tqdm(combos, total=total, desc="checking jobs", unit="job", leave=False,
-                      disable=None if total >= PROGRESS_FROM_JOBS else True):
+    loader = GlobalHydra.instance().config_loader()
+    basic = OmegaConf.select(config, "hydra.sweeper._target_") == BASIC_SWEEPER
+    listed = sweep.expand(config, loader) if basic else sweep.probes(config, loader)
+    jobs: list[Job] = []
+    failures: dict[str, tuple[Problem, list[str]]] = {}
+    for number, overrides in enumerate(tqdm(listed, desc="checking jobs", unit="job", leave=False,
+                                            disable=None if len(listed) >= PROGRESS_FROM_JOBS else True)):
         try:
-            jobs.append(compose_job(config_dirs, combo))
-        except ConfigError as error:
-            for problem in error.problems:
-                text = problem.render()
-                if text not in problems:
-                    problems[text] = []
-                    order.append(problem)
-                problems[text].append(" ".join(combo))
-    if order:
-        several = len(jobs) + len(set(sum(problems.values(), []))) > 1
-        raise ConfigError(
-            dataclasses.replace(p, hint=(p.hint + "; " if p.hint else "") + "in job(s): "
-                                + " | ".join(problems[p.render()][:3])) if several else p
-            for p in order)
-    return tuple(jobs)
+            cfg = loader.load_sweep_config(config, list(overrides))
+            with open_dict(cfg):
+                cfg.hydra.job.id, cfg.hydra.job.num = f"{cfg.hydra.job.name}_{number}", number
+            jobs.append(plan_job(cfg, overrides))
+        except Exception as error:   # ConfigError, or Hydra refusing this job's overrides
+            for problem in _job_problems(error, overrides):
+                failures.setdefault(problem.render(), (problem, []))[1].append(" ".join(overrides))
+    if not basic:   # the sweeper optimises the objective: every probe must produce it
+        for job in jobs:
+            settings = job.plan.settings
+            for problem in objective.problems(settings.objective, None, settings.pipeline, job.config, True):
+                failures.setdefault(problem.render(), (problem, []))[1].append(" ".join(job.overrides))
+    if failures:
+        several = len(listed) > 1
+        raise Rejected(ConfigError(
+            dataclasses.replace(p, hint=(p.hint + "; " if p.hint else "") + "in job(s): " + " | ".join(where[:3])
+                                + (f" (+{len(where) - 3} more)" if len(where) > 3 else "")) if several else p
+            for p, where in failures.values()))
+    _finish(config, jobs, "multirun", len(listed) if basic else None)
+
+
+def _job_problems(error: Exception, overrides: tuple[str, ...]) -> list[Problem]:
+    from hydra.errors import MissingConfigException
+
+    if isinstance(error, ConfigError):
+        return list(error.problems)
+    missing = getattr(error, "missing_cfg_file", None) or ""
+    if isinstance(error, MissingConfigException) and "/" in missing and error.options:
+        group, option = missing.rsplit("/", 1)
+        return [Problem(group, option, f"an option of group '{group}': " + ", ".join(sorted(error.options)),
+                        did_you_mean(option, error.options))]
+    return [Problem("overrides", " ".join(overrides), "a job Hydra can compose", " ".join(str(error).split()))]
+
+
+def _finish(config: Any, jobs: list[Job], mode: str, expected: int | None) -> None:
+    from omegaconf import open_dict, read_write
+
+    from ptflow.files import claim_dir
+    from ptflow.record import RESULT_FILE
+
+    if any(job.plan.settings.dry_run for job in jobs):
+        from ptflow.tracking import describe_store
+
+        for job in jobs:
+            settings = job.plan.settings
+            store = describe_store(settings.tracking, Path(settings.outputs_dir).resolve()) \
+                if settings.tracking.enabled else "none"
+            print(f"[{' '.join(job.overrides) or 'defaults'}]\n{job.plan.render()}\n  tracking: {store}")
+        what = "job(s) checked" if expected is not None or mode == "run" else "probe job(s) of the search space checked"
+        print(f"dry run: {len(jobs)} {what}, nothing run")
+        raise DryRun()
+    stores = prepare_stores(jobs)
+    key = "hydra.run.dir" if mode == "run" else "hydra.sweep.dir"
+    wanted = Path(str(_select(config, key)))
+    try:
+        claimed = claim_dir(wanted if wanted.name else wanted.resolve(), taken_if=(RESULT_FILE,))
+    except OSError as error:
+        raise ConfigError.single(key, str(wanted), "a directory ptflow can create",
+                                 f"{type(error).__name__}: {error}") from None
+    with read_write(config), open_dict(config):
+        if mode == "run":
+            config.hydra.run.dir = str(claimed)
+        else:   # jobs are composed again from the overrides: the claimed dir must be among them
+            config.hydra.sweep.dir = str(claimed)
+            config.hydra.overrides.hydra.append(f"hydra.sweep.dir={_quoted(claimed)}")
+    LAUNCH.mode, LAUNCH.dir, LAUNCH.expected, LAUNCH.stores = mode, claimed, expected, stores
+
+
+def _select(config: Any, key: str) -> Any:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.select(config, key)
+
+
+def _quoted(path: Path) -> str:
+    return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def prepare_stores(jobs: list[Job]) -> list[tuple[str, str]]:
+    """Check each MLflow store and create its schema and experiment, once, here, before any
+    job; close runs of this host's vanished processes. Returns [(uri, experiment id)]."""
+    from ptflow.tracking import prepare_or_problem, store_uri
+
+    stores: dict[tuple[str, str], str] = {}
+    problems: list[Problem] = []
+    for job in jobs:
+        settings = job.plan.settings
+        if not settings.tracking.enabled:
+            continue
+        outputs_dir = Path(settings.outputs_dir).resolve()
+        key = (store_uri(settings.tracking, outputs_dir), settings.tracking.experiment)
+        if key in stores or any(p.found == key[0] for p in problems):
+            continue
+        experiment_id, found = prepare_or_problem(settings.tracking, outputs_dir)
+        problems += found
+        if experiment_id is not None:
+            stores[key] = experiment_id
+    if problems:
+        raise ConfigError(problems)
+    for (uri, _), experiment_id in stores.items():
+        _close_stale(uri, experiment_id)
+    return [(uri, experiment_id) for (uri, _), experiment_id in stores.items()]
+
+
+def _close_stale(uri: str, experiment_id: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from ptflow.stale import close_stale_runs
+
+    closed = close_stale_runs(MlflowClient(tracking_uri=uri), [experiment_id])
+    if closed:
+        print(f"ptflow: closed {len(closed)} earlier run(s) whose process on this host is gone "
+              f"as KILLED (tag ptflow.kill_reason): {', '.join(closed)}", file=sys.stderr)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ptflow.files import write_atomic
+from ptflow.typed import to_plain
 
 if TYPE_CHECKING:
     from ptflow.artifact import Artifact, StageRecord
@@ -58,8 +59,10 @@ class RunRecord:
     settings: dict[str, Any] = field(default_factory=dict)   # device settings in force
     metrics: dict[str, float] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    datasets: list[dict[str, Any]] = field(default_factory=list)   # artifact.DatasetInfo, as plain data
     warnings: dict[str, str] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
+    objective: float | None = None      # what the job returned to its sweeper (None: no candidate)
     tracking: Tracking = field(default_factory=Tracking)
 
     @property
@@ -97,4 +100,7 @@ class RunRecord:
         self.stage = None
         self.metrics.update({k: float(v) for k, v in artifact.metrics.items() if v is not None})
         self.files.update({k: str(v) for k, v in artifact.files.items()})
+        for dataset in map(to_plain, artifact.datasets):
+            if dataset not in self.datasets:
+                self.datasets.append(dataset)
         self.save()

@@ -11,6 +11,7 @@ Exit codes: 0 done, 1 something could not be done, 2 bad arguments or unreachabl
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,8 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     stale = commands.add_parser("close-stale", help="end RUNNING runs of dead processes as KILLED")
     stale.add_argument("--outputs-dir", type=Path, default=Path("outputs"),
                        help="the outputs_dir whose mlflow.db to clean (default: outputs)")
-    stale.add_argument("--tracking-uri", help="a tracking URI instead of <outputs-dir>/mlflow.db")
-    stale.add_argument("--experiment", default="ptflow")
+    stale.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI") or None,
+                       help="a tracking URI instead of <outputs-dir>/mlflow.db (default: MLFLOW_TRACKING_URI)")
+    stale.add_argument("--experiment", default=os.environ.get("MLFLOW_EXPERIMENT_NAME") or "ptflow",
+                       help="default: MLFLOW_EXPERIMENT_NAME, else ptflow")
     return parser
 
 

@@ -9,6 +9,8 @@ from typing import Any
 from ptflow.artifact import Artifact
 from ptflow.record import RunRecord
 
+RECIPE_GROUPS = ("quantize", "compile")    # each group is applied by the stage of its name
+
 
 def build(artifact: Artifact, choices: Mapping[str, str], run_dir: Path, wall_s: float,
           record: RunRecord) -> dict[str, Any]:
@@ -48,12 +50,35 @@ def build(artifact: Artifact, choices: Mapping[str, str], run_dir: Path, wall_s:
     return summary
 
 
+def recipe(summary: Mapping[str, Any]) -> list[str]:
+    """The options of the recipe groups whose stage ran: a pipeline without quantize has no
+    quantization recipe, whatever `quantize` was set to."""
+    choices, ran = summary["choices"], summary["stages_s"]
+    return [choices[g] for g in RECIPE_GROUPS if g in choices and g in ran]
+
+
+def one_line(summary: Mapping[str, Any]) -> str:
+    """'int8_dynamic+eager · p50 1.537 ms · 2.18x · top1_accuracy -0.0022' (MLflow tag ptflow.summary)."""
+    parts = ["+".join(recipe(summary)) or "as loaded"]
+    p50 = summary["latency_ms"].get("optimized", {}).get("p50")
+    if p50 is not None:
+        parts.append(f"p50 {p50:.3f} ms")
+    if "speedup_p50" in summary:
+        parts.append(f"{summary['speedup_p50']:.2f}x")
+    task = summary.get("task_metric") or {}
+    if task.get("delta") is not None:
+        parts.append(f"{task['name']} {task['delta']:+.4f}")
+    if summary.get("unstable"):
+        parts.append("UNSTABLE timings")
+    return " · ".join(parts)
+
+
 def _num(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def render(summary: Mapping[str, Any]) -> str:
-    picked = "-".join(summary["choices"].get(g, "") for g in ("model", "quantize", "compile")).strip("-")
+    picked = "-".join([summary["choices"].get("model", ""), *recipe(summary)]).strip("-")
     lines = [f"ptflow summary · {picked} · {len(summary['stages_s'])} stages in {summary['wall_s']:.1f} s",
              f"  {'':<20}{'baseline':>12}{'optimized':>12}"]
     latency = summary["latency_ms"]
@@ -98,7 +123,10 @@ def render(summary: Mapping[str, Any]) -> str:
 
 
 def relative(path: str) -> str:
+    """`path` as the user would type it from where they ran ptflow."""
+    from ptflow.targets import origin_cwd
+
     try:
-        return os.path.relpath(path)
+        return os.path.relpath(path, origin_cwd())
     except ValueError:
         return path

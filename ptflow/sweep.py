@@ -1,18 +1,101 @@
-"""A sweep's end: the table of its jobs, or — after a signal — closing what it left open."""
+"""A sweep: the jobs its sweeper would run, the table of how they ended, and — after a
+signal — closing what it left open."""
 from __future__ import annotations
 
+import copy
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
+from ptflow.errors import ConfigError
 from ptflow.job import EXIT_TRACKING_INCOMPLETE
 from ptflow.lifecycle import Interrupted
 from ptflow.record import RESULT_FILE, RunRecord
 
 
-def report(sweep_dir: Path, expected: int) -> int:
-    """Print each job's status, p50, speedup and metric delta; return the sweep's exit code."""
+def task_overrides(cfg: Any) -> tuple[str, ...]:
+    from omegaconf import OmegaConf
+
+    return tuple(OmegaConf.to_container(cfg.hydra.overrides.task, resolve=False))
+
+
+def expand(config: Any, loader: Any) -> list[tuple[str, ...]]:
+    """The jobs the configured sweeper would launch, asked of the sweeper itself."""
+    from hydra._internal.callbacks import Callbacks
+    from hydra.core.plugins import Plugins
+    from hydra.core.utils import JobReturn, JobStatus
+    from hydra.errors import HydraException
+    from hydra.plugins.launcher import Launcher
+    from hydra.types import HydraContext
+    from omegaconf import OmegaConf, open_dict, read_write
+
+    recorded: list[tuple[str, ...]] = []
+
+    class Recorder(Launcher):
+        def setup(self, **kwargs: Any) -> None:
+            pass
+
+        def launch(self, job_overrides: Any, initial_job_idx: int) -> list[JobReturn]:
+            recorded.extend(tuple(o) for o in job_overrides)
+            return [JobReturn(overrides=list(o), status=JobStatus.COMPLETED, _return_value=0.0)
+                    for o in job_overrides]
+
+    OmegaConf.select(config, "hydra.sweep.dir")   # fix ${now:} in the real config first
+    with tempfile.TemporaryDirectory(prefix="ptflow-dry-") as scratch:
+        dry = copy.deepcopy(config)
+        with read_write(dry), open_dict(dry):
+            dry.hydra.sweep.dir = scratch              # the sweeper writes multirun.yaml there
+        sweeper = Plugins.instance().instantiate_sweeper(
+            config=dry, hydra_context=HydraContext(config_loader=loader, callbacks=Callbacks()),
+            task_function=lambda cfg: None)
+        sweeper.launcher = Recorder()
+        sweeper.validate_batch_is_legal = lambda batch: None   # every job is composed below, all failures listed
+        try:
+            sweeper.sweep(arguments=list(task_overrides(config)))
+        except HydraException as error:   # e.g. interval(), which only sampling sweepers support
+            raise ConfigError.single("overrides", " ".join(task_overrides(config)),
+                                     "sweeps the configured sweeper supports", f"{error}; interval() needs a "
+                                     "sweeper that samples (hydra/sweeper=optuna), the basic sweeper takes "
+                                     "choice(), range() and glob()") from None
+    return recorded
+
+
+def probes(config: Any, loader: Any) -> list[tuple[str, ...]]:
+    """For a sweeper that picks jobs as it goes: each value of each search dimension once
+    (both ends of a range or interval), the other dimensions at their first value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.select(config, "hydra.sweeper.params")
+    params = OmegaConf.to_container(node, resolve=False) if node is not None else {}
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(task_overrides(config))
+    dims: dict[str, list[str]] = {}
+    for override in OverridesParser.create(config_loader=loader).parse_overrides(arguments):
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            dims[key] = [f"{key}={override.get_value_element_as_str()}"]
+        elif override.is_interval_sweep():
+            value = override.value()
+            dims[key] = [f"{key}={value.start}", f"{key}={value.end}"]
+        else:
+            values = list(override.sweep_string_iterator())
+            if override.is_range_sweep():
+                values = values[:1] + values[-1:]
+            dims[key] = [f"{key}={v}" for v in values]
+    jobs = [tuple(probes[0] for probes in dims.values() if probes)]
+    for key, probes in dims.items():
+        for probe in probes[1:]:
+            jobs.append(tuple(probe if k == key else p[0] for k, p in dims.items() if p))
+    return jobs
+
+
+def report(sweep_dir: Path, expected: int | None) -> int:
+    """Print each job's status, p50, speedup and metric delta; return the sweep's exit code.
+    `expected` is None when the sweeper decided the number of jobs as it went (Optuna)."""
     results = sorted((RunRecord.load(p.parent) for p in sweep_dir.glob(f"*/{RESULT_FILE}")),
                      key=lambda r: int(Path(r.run_dir).name) if Path(r.run_dir).name.isdigit() else 0)
+    expected = len(results) if expected is None else expected
     failed = [r for r in results if r.status != "FINISHED"]
     incomplete = [r for r in results if r.status == "FINISHED" and r.exit_code]
     shared = set.intersection(*(set(r.overrides) for r in results)) if len(results) > 1 else set()

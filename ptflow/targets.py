@@ -13,6 +13,15 @@ from ptflow.errors import Problem, did_you_mean, first_line
 PKG_SCHEME = "pkg://"
 
 
+def origin_cwd() -> Path:
+    """Where the user ran ptflow (a job with hydra.job.chdir=true runs elsewhere)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.cwd)
+    return Path.cwd()
+
+
 def resolve_path(text: str) -> Path:
     """``pkg://package/file`` -> a file shipped in a package; else a path (relative to cwd)."""
     if text.startswith(PKG_SCHEME):
@@ -22,7 +31,10 @@ def resolve_path(text: str) -> Path:
         except Exception as error:   # ModuleNotFoundError, or a package that fails to import
             raise FileNotFoundError(f"{text}: cannot find package '{package}' "
                                     f"({type(error).__name__}: {error})") from None
-    return Path(text).expanduser().resolve()
+    from hydra.utils import to_absolute_path
+
+    # relative to where the user ran ptflow, also when hydra.job.chdir=true moved the job
+    return Path(to_absolute_path(str(Path(text).expanduser()))).resolve()
 
 
 def _locate(dotted: str) -> Any:

@@ -5,32 +5,83 @@ MLflow as the run goes. A tracking failure never fails the run: the first one is
 reported once, later calls are skipped (no minutes of retries), and the record says the
 mirror is incomplete so ``ptflow-runs relog`` can finish it later. ``replay`` is that
 relog: the same calls, fed from a saved record.
+
+MLflow conventions kept here, at the boundary: metric keys group by stage with a '/'
+(``mlflow_metric_key``); the data a run used is logged with MLflow's dataset API; a
+one-line ``ptflow.summary`` tag fills the runs table; optional system metrics pause while
+the benchmark stage times.
 """
 from __future__ import annotations
 
+import importlib.util
+import json
+import logging
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ptflow import summary
 from ptflow.params import sanitize_key, to_params
 from ptflow.record import RunRecord, Tracking
 from ptflow.errors import first_line
 from ptflow.tracking import TrackingConfig, prepare, store_uri
+from ptflow.typed import to_plain
 
 if TYPE_CHECKING:
     from ptflow.artifact import Artifact, StageRecord
-    from ptflow.plan import Plan
+    from ptflow.plan import Plan, PlannedStage
     from ptflow.stage import RunContext
 
 MAX_TAG = 5000
 TEXT_FILES = ("config.yaml", "plan.txt")       # written by the job into the run dir
+QUIET_STAGES = frozenset({"benchmark"})        # no system-metrics sampling while these time
+DIGEST_CHARS = 16                              # of the sha256 shown as MLflow's dataset digest (max 36)
 T = TypeVar("T")
 
 
 def relog_command(run_dir: str) -> str:
     return f"ptflow-runs relog {run_dir}"
+
+
+def mlflow_metric_key(name: str) -> str:
+    """A ptflow metric name as an MLflow key: its first dot becomes '/', because MLflow's UI
+    groups charts by the part before the first '/' ('benchmark.candidate.p50_ms' ->
+    'benchmark/candidate.p50_ms'). ptflow's own files keep the dotted names."""
+    return sanitize_key(name.replace(".", "/", 1))
+
+
+def mlflow_dataset(info: Mapping[str, Any]):
+    """An ``artifact.DatasetInfo`` (as plain data) as an MLflow Dataset entity: the schema in
+    the form the UI lists (``mlflow_colspec``) and in MLflow's tensor form, the source as a
+    code source, and the full sha256 with the row count in the profile the UI shows."""
+    from mlflow.entities import Dataset
+
+    inputs = list(info["inputs"])
+    targets = [info["targets"]] if info.get("targets") else []
+    shown = [{"name": c["name"], "type": f"{c['dtype']} ({', '.join(_dims(c['shape']))})", "required": True}
+             for c in inputs + targets]
+    tensors = {"features": json.dumps([_tensor_spec(c) for c in inputs]),
+               "targets": json.dumps([_tensor_spec(c) for c in targets]) if targets else None}
+    profile = {"rows": info["rows"], "source": info["source"], "sha256": info["digest"]}
+    return Dataset(name=info["name"], digest=info["digest"][:DIGEST_CHARS], source_type="code",
+                   source=json.dumps({"tags": {"builder": info["source"]}}),
+                   schema=json.dumps({"mlflow_colspec": shown, "mlflow_tensorspec": tensors}),
+                   profile=json.dumps(profile))
+
+
+def _dims(shape: Iterable[int]) -> list[str]:
+    return ["batch" if d == -1 else str(d) for d in shape]
+
+
+def _tensor_spec(column: Mapping[str, Any]) -> dict[str, Any]:
+    return {"name": column["name"], "type": "tensor",
+            "tensor-spec": {"dtype": column["dtype"], "shape": list(column["shape"])}}
+
+
+def _dataset_key(name: str, digest: str, context: str) -> tuple[str, str, str]:
+    return name, digest[:DIGEST_CHARS], str(context)
 
 
 class MlflowTracker:
@@ -45,6 +96,9 @@ class MlflowTracker:
         self.run_id: str | None = None
         self.error: str | None = None
         self._logged_metrics: set[str] = set()
+        self._logged_datasets: set[tuple[str, str, str]] = set()
+        self._sample_system = False
+        self._monitor = None           # MLflow's SystemMetricsMonitor while it samples
         self.client = None
         self.experiment_id = self._call(self._connect)
 
@@ -55,9 +109,22 @@ class MlflowTracker:
     # -- engine hooks ------------------------------------------------------------
     def before_run(self, plan: "Plan", ctx: "RunContext") -> None:
         self._call(self._start)
+        if self.config.system_metrics and self.run_id:
+            self._sample_system = importlib.util.find_spec("psutil") is not None
+            if not self._sample_system:
+                self._warn("tracking.system_metrics", "tracking.system_metrics=true needs psutil "
+                           "(pip install psutil): this run logs no system metrics")
+            self._start_monitor(resume=False)
+
+    def before_stage(self, planned: "PlannedStage", artifact: "Artifact | None") -> None:
+        if planned.name in QUIET_STAGES:
+            self._stop_monitor()      # sampling threads would compete with the timed calls
 
     def after_stage(self, stage: "StageRecord", artifact: "Artifact") -> None:
         self._call(self._log_metrics, artifact.metrics)
+        self._call(self._log_datasets, [to_plain(info) for info in artifact.datasets])
+        if stage.name in QUIET_STAGES:
+            self._start_monitor(resume=True)
 
     def warn(self, key: str, message: str) -> None:
         if self.run_id:
@@ -68,6 +135,7 @@ class MlflowTracker:
         """Log what the run produced and its final status (from the record). The status is
         tried even after a failure (a full artifact store, a blip), so that the MLflow run is
         not left RUNNING when the store can still take it."""
+        self._stop_monitor()
         if self.run_id:
             self._call(self._log_outcome)
             self._terminate()
@@ -83,8 +151,12 @@ class MlflowTracker:
         else:
             self.run_id = existing.info.run_id
             self._logged_metrics = set(existing.data.metrics)
+            self._logged_datasets = {_dataset_key(i.dataset.name, i.dataset.digest, tag.value)
+                                     for i in existing.inputs.dataset_inputs
+                                     for tag in i.tags if tag.key == "mlflow.data.context"}
             self._call(self._log_params, set(existing.data.params))
         self._call(self._log_metrics, self.record.metrics)
+        self._call(self._log_datasets, self.record.datasets)
         self.end()
 
     # -- MLflow calls --------------------------------------------------------------
@@ -107,6 +179,12 @@ class MlflowTracker:
         print(f"ptflow: MLflow tracking at {self.uri} failed: {self.error}\n"
               f"ptflow: the run goes on; its full record stays in {run_dir}. "
               f"Re-log it once the store works: {relog_command(run_dir)}", file=sys.stderr, flush=True)
+
+    def _warn(self, key: str, message: str) -> None:
+        """A warning of the tracker's own, recorded as the job records a stage's warning."""
+        self.record.warnings[key] = message
+        print(f"ptflow: warning: {message}", file=sys.stderr, flush=True)
+        self.warn(key, message)
 
     def _connect(self) -> str:
         from mlflow.tracking import MlflowClient
@@ -146,10 +224,45 @@ class MlflowTracker:
             self.client.log_dict(self.run_id, long_values, "params_long.json")
 
     def _log_metrics(self, metrics: Mapping[str, float]) -> None:
-        fresh = {sanitize_key(k): v for k, v in metrics.items() if v is not None}
+        fresh = {mlflow_metric_key(k): v for k, v in metrics.items() if v is not None}
         fresh = {k: v for k, v in fresh.items() if k not in self._logged_metrics}
         self._log_batch(metrics=fresh)
         self._logged_metrics.update(fresh)
+
+    def _log_datasets(self, datasets: Iterable[Mapping[str, Any]]) -> None:
+        from mlflow.entities import DatasetInput, InputTag
+
+        fresh = {_dataset_key(d["name"], d["digest"], d["context"]): d for d in datasets}
+        fresh = {key: d for key, d in fresh.items() if key not in self._logged_datasets}
+        if fresh:
+            self.client.log_inputs(self.run_id, datasets=[
+                DatasetInput(mlflow_dataset(d), tags=[InputTag("mlflow.data.context", str(d["context"]))])
+                for d in fresh.values()])
+            self._logged_datasets.update(fresh)
+
+    def _start_monitor(self, resume: bool) -> None:
+        """MLflow's system-metrics sampler (``create_run`` never starts one): a thread that
+        logs ``system/...`` metrics every ``system_metrics_interval_s``. A stopped monitor
+        cannot restart, so after a quiet stage a new one resumes at the next step."""
+        if not self._sample_system or self.run_id is None or self.error is not None:
+            return
+
+        def start():
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            # its INFO lines ("Started monitoring...") and a dead store's warnings: ptflow reports once
+            logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)
+            monitor = SystemMetricsMonitor(self.run_id, sampling_interval=self.config.system_metrics_interval_s,
+                                           resume_logging=resume, tracking_uri=self.uri)
+            monitor.start()
+            return monitor
+
+        self._monitor = self._call(start)
+
+    def _stop_monitor(self) -> None:
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            monitor.finish()     # wakes and joins the sampling thread, then logs what it sampled
 
     def _terminate(self) -> None:
         status = "FAILED" if self.record.status == "CONFIG_ERROR" else self.record.status
@@ -161,9 +274,11 @@ class MlflowTracker:
     def _log_outcome(self) -> None:
         record = self.record
         run_dir = Path(record.run_dir)
-        summary = run_dir / "summary.json"
-        if summary.is_file():
-            self.client.log_artifact(self.run_id, str(summary))
+        if record.summary:
+            self.client.set_tag(self.run_id, "ptflow.summary", summary.one_line(record.summary)[:MAX_TAG])
+        summary_file = run_dir / "summary.json"
+        if summary_file.is_file():
+            self.client.log_artifact(self.run_id, str(summary_file))
         for name, text_path in record.files.items():
             path = Path(text_path)
             if path.is_file() and (self.config.log_exports or path.suffix == ".json"):

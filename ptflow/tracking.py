@@ -33,32 +33,58 @@ class TrackingBackend(str, enum.Enum):
 
 @dataclass(frozen=True)
 class TrackingConfig:
+    """Where and how runs are mirrored into MLflow.
+
+    conf/tracking/mlflow.yaml fills ``uri`` and ``experiment`` from MLflow's own
+    MLFLOW_TRACKING_URI / MLFLOW_EXPERIMENT_NAME when they are set: a value given on the
+    command line or in a config wins over the variable, the variable over the default.
+    """
+
     backend: TrackingBackend = TrackingBackend.MLFLOW
     uri: str | None = None            # null: sqlite:///<absolute outputs_dir>/mlflow.db
     experiment: str = "ptflow"
-    run_name: str | None = None       # null: the choices of `name_groups`, joined
-    name_groups: tuple[str, ...] = ("model", "quantize", "compile")
+    run_name: str | None = None       # null: derived from what ran (ptflow.naming), unique per run
+    name_groups: tuple[str, ...] = ("model", "quantize", "compile")   # named when their stage runs
     log_exports: bool = True          # copy exported model files into the run's artifacts
     http_timeout_s: int = 30          # per MLflow request to an http(s) server
     http_retries: int = 2             # retries per request (backoff 1 s, 2 s, ...)
+    system_metrics: bool = False      # sample CPU/memory/disk/network (+GPU) while the run goes; needs psutil
+    system_metrics_interval_s: float = 1.0   # seconds between samples (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL wins)
 
     def __post_init__(self) -> None:
         if not self.experiment.strip():
-            raise ConfigError.single("experiment", self.experiment, "a non-empty experiment name")
+            raise ConfigError.single("experiment", self.experiment, "a non-empty experiment name",
+                                     _empty_variable_hint("MLFLOW_EXPERIMENT_NAME"))
         if self.uri is not None and not self.uri.strip():
-            raise ConfigError.single("uri", self.uri, "an MLflow tracking URI, or null for the sqlite default")
+            raise ConfigError.single("uri", self.uri, "an MLflow tracking URI, or null for the sqlite default",
+                                     _empty_variable_hint("MLFLOW_TRACKING_URI"))
         if self.http_timeout_s < 1:
             raise ConfigError.single("http_timeout_s", self.http_timeout_s, "seconds >= 1")
         if self.http_retries < 0:
             raise ConfigError.single("http_retries", self.http_retries, "an integer >= 0")
+        if not self.system_metrics_interval_s > 0:
+            raise ConfigError.single("system_metrics_interval_s", self.system_metrics_interval_s, "seconds > 0")
 
     @property
     def enabled(self) -> bool:
         return self.backend is TrackingBackend.MLFLOW
 
 
+def _empty_variable_hint(name: str) -> str:
+    return f"{name} is set but empty: unset it or give it a value" if os.environ.get(name) == "" else ""
+
+
 def store_uri(config: TrackingConfig, outputs_dir: Path) -> str:
     return config.uri or f"sqlite:///{(outputs_dir / 'mlflow.db').resolve()}"
+
+
+def describe_store(config: TrackingConfig, outputs_dir: Path) -> str:
+    """Where runs go, and which setting chose it — for dry runs and error messages."""
+    uri = store_uri(config, outputs_dir)
+    origin = ("MLFLOW_TRACKING_URI" if config.uri and config.uri == os.environ.get("MLFLOW_TRACKING_URI")
+              else "tracking.uri" if config.uri else "outputs_dir")
+    named = " (from MLFLOW_EXPERIMENT_NAME)" if config.experiment == os.environ.get("MLFLOW_EXPERIMENT_NAME") else ""
+    return f"{uri} (from {origin}), experiment '{config.experiment}'{named}"
 
 
 def _is_http(uri: str) -> bool:
@@ -100,9 +126,10 @@ def check_store(config: TrackingConfig, outputs_dir: Path) -> list[Problem]:
     elif _is_http(uri):
         cause = probe(uri)
         if cause:
+            origin = " (set by MLFLOW_TRACKING_URI)" if uri == os.environ.get("MLFLOW_TRACKING_URI") else ""
             return [Problem("tracking.uri", uri, "a reachable MLflow tracking server",
-                            f"{cause}; start the server (mlflow server --host ... --port ...), fix the "
-                            "URI, or run with tracking=none")]
+                            f"{cause}{origin}; start the server (mlflow server --host ... --port ...), fix "
+                            "the URI, or run with tracking=none")]
     return []
 
 

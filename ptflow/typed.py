@@ -120,8 +120,24 @@ def _convert_scalar(tp: Any, value: object, path: str, problems: list[Problem]) 
         return None
     if isinstance(tp, type) and isinstance(value, tp):
         return value
+    if isinstance(value, str) and tp in (int, float, bool):
+        converted = _from_text(tp, value)   # e.g. ${oc.env:SEED}: text, as env vars are
+        if converted is not None:
+            return converted
     problems.append(Problem(path, value, _type_name(tp)))
     return None
+
+
+def _from_text(tp: type, text: str) -> Any:
+    """`text` as OmegaConf's typed nodes would take it for `tp` ('3' -> 3, 'yes' -> True), or None."""
+    from omegaconf.errors import ValidationError
+    from omegaconf.nodes import BooleanNode, FloatNode, IntegerNode
+
+    node = {int: IntegerNode, float: FloatNode, bool: BooleanNode}[tp]
+    try:
+        return node(text)._value()
+    except ValidationError:
+        return None
 
 
 def _convert_dataclass(cls: type, value: object, path: str, problems: list[Problem]) -> Any:

@@ -26,6 +26,7 @@ from ptflow.errors import ConfigError, InputError, Problem, invalid_choice
 from ptflow.files import creatable_dir_problem, named_errors, partial_file, write_atomic
 from ptflow.spec import ModelInputs, call, flatten_outputs
 from ptflow.stage import Environment, RunContext, register_stage
+from ptflow.targets import resolve_path
 
 FORMATS = ("pt2",)
 CHUNK = 1 << 22   # bytes per write: a signal or a full disk is noticed between chunks
@@ -69,14 +70,14 @@ class ExportStage:
     def preflight(self, env: Environment) -> list[Problem]:
         if not self.config.dir:
             return []
-        reason = creatable_dir_problem(Path(self.config.dir).expanduser().resolve())
+        reason = creatable_dir_problem(resolve_path(self.config.dir))
         if reason:
             return [Problem("export.dir", self.config.dir, "a directory ptflow can create and write",
                             f"{reason}; pick another export.dir, or null for <run dir>/export")]
         return []
 
     def run(self, artifact: Artifact, ctx: RunContext) -> Artifact:
-        out_dir = Path(self.config.dir).expanduser().resolve() if self.config.dir else ctx.run_dir / "export"
+        out_dir = resolve_path(self.config.dir) if self.config.dir else ctx.run_dir / "export"
         out_dir.mkdir(parents=True, exist_ok=True)
         example = artifact.example.inputs
         started = time.perf_counter()

@@ -1,17 +1,19 @@
 """load: build the model from a `_target_` builder plus a state_dict file; load eval data."""
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import pickle
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ptflow import fidelity
-from ptflow.artifact import Artifact, Form
+from ptflow.artifact import Artifact, DataContext, DatasetInfo, Form, TensorInfo
 from ptflow.data import as_split, make_batches
 from ptflow.errors import ConfigError, InputError, Problem
 from ptflow.spec import Batch
@@ -99,16 +101,45 @@ class LoadStage:
         module = build_model(self.config.model, ctx.warn).to(ctx.device).eval().requires_grad_(False)
         arg_names = [p for p in inspect.signature(module.forward).parameters if p != "self"]
         spec = batches[0].inputs.spec(arg_names, dynamic_batch=data.dynamic_batch)
+        dataset = describe_data(data.source, batches, arg_names, DataContext.EVAL)
         return Artifact(
             model=module, form=Form.EAGER, module=module, inputs=spec, batches=batches,
             device=ctx.device, dtype=dtype_of(module), output_key=self.config.model.output_key,
             task_metric=data.metric,
             settings=dict(ctx.settings),
+            datasets=(dataset,),
             metrics={"load.parameters": float(parameter_count(module)),
                      "load.size_mb": serialized_size_mb(module),
                      "load.eval_examples": float(sum(b.inputs.batch_size() for b in batches)),
                      "load.batches": float(len(batches))},
         )
+
+
+def describe_data(source: Mapping[str, Any], batches: Sequence[Batch], arg_names: Sequence[str],
+                  context: DataContext) -> DatasetInfo:
+    """Name, source, digest and schema of the rows in `batches` (what the tracker logs as a
+    data set). The digest covers the bytes of every input and target, column by column, so
+    it does not depend on the batch size."""
+    named = [batch.inputs.named(arg_names) for batch in batches]
+    inputs = tuple(TensorInfo(name, _dtype(t.dtype), (-1, *t.shape[1:])) for name, t in named[0])
+    labels = [torch.as_tensor(b.target) for b in batches] if batches[0].target is not None else []
+    targets = TensorInfo("targets", _dtype(labels[0].dtype), (-1, *labels[0].shape[1:])) if labels else None
+    digest = hashlib.sha256(json.dumps([asdict(c) for c in (*inputs, targets) if c]).encode())
+    for column in range(len(inputs)):
+        for leaves in named:
+            digest.update(_raw_bytes(leaves[column][1]))
+    for label in labels:
+        digest.update(_raw_bytes(label))
+    target = str(source.get("_target_", "data"))
+    arguments = ", ".join(f"{key}={value!r}" for key, value in source.items() if key != "_target_")
+    return DatasetInfo(name=target.rsplit(".", 1)[-1], context=context, source=f"{target}({arguments})",
+                       digest=digest.hexdigest(), inputs=inputs, targets=targets,
+                       rows=sum(b.inputs.batch_size() for b in batches))
+
+
+def _raw_bytes(tensor: torch.Tensor) -> Any:
+    """The tensor's elements as a flat uint8 array (any dtype, bfloat16 included)."""
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
 
 
 def _weights_file_problems(text: str) -> list[Problem]:

@@ -12,6 +12,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_tracking_store():
+    """A developer's MLFLOW_TRACKING_URI / MLFLOW_EXPERIMENT_NAME must not send test runs
+    to their own store (ptflow honours both)."""
+    saved = {k: os.environ.pop(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME") if k in os.environ}
+    yield
+    os.environ.update(saved)
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 
@@ -62,11 +71,11 @@ def mlflow_runs(result: CliResult, experiment: str = "ptflow"):
 
 
 def compose(*overrides: str) -> tuple[dict, dict]:
-    """The resolved config (no hydra node) and group choices, as the CLI composes them."""
+    """The resolved config (no hydra node) and group choices, as Hydra composes them for a job."""
     from ptflow.cli import CONFIG_DIR
-    from ptflow.preflight import compose_config
+    from ptflow.overrides import Source, compose_config
 
-    return compose_config([CONFIG_DIR], list(overrides), resolve=True)
+    return compose_config(Source(CONFIG_DIR), list(overrides), resolve=True)
 
 
 def make_context(run_dir: Path, plan):

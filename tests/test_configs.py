@@ -9,7 +9,7 @@ from ptflow import typed
 from ptflow.cli import CONFIG_DIR
 from ptflow.errors import ConfigError
 from ptflow.plan import compile_plan
-from ptflow.preflight import option_groups
+from ptflow.overrides import option_groups
 from ptflow.stage import load_stages
 from tests.conftest import compose
 
@@ -34,6 +34,33 @@ def test_every_option_composes_and_compiles(group, option):
 def test_every_yaml_opens_with_the_command_that_uses_it(path: Path):
     comments = [line for line in path.read_text().splitlines() if line.startswith("#")]
     assert comments and any(line.startswith("# ptflow") for line in comments[:2]), path
+
+
+def _schema_fields(group: str) -> set[str] | None:
+    """The fields of the typed config a group's yaml fills, or None if none is known."""
+    import dataclasses
+    import typing
+
+    from ptflow.plan import RunSettings
+
+    for spec in load_stages().values():
+        if group in spec.config_keys:
+            cls = spec.config_cls if len(spec.config_keys) == 1 else typing.get_type_hints(spec.config_cls)[group]
+            return {f.name for f in dataclasses.fields(cls)}
+    hint = typing.get_type_hints(RunSettings).get(group)
+    return {f.name for f in dataclasses.fields(hint)} if dataclasses.is_dataclass(hint) else None
+
+
+@pytest.mark.parametrize("group, option", [o for o in OPTIONS if o != ("tracking", "none")],
+                         ids=[f"{g}={o}" for g, o in OPTIONS if (g, o) != ("tracking", "none")])
+def test_every_yaml_lists_every_field_of_its_schema(group, option):
+    """A readable config shows every knob; and every `group.key=value` override then composes
+    in Hydra as it is (tracking=none is the exception: it turns tracking off, nothing else)."""
+    fields = _schema_fields(group)
+    if fields is None:
+        pytest.skip(f"{group} is an overlay, not a schema")
+    config, _ = compose(f"{group}={option}")
+    assert fields - set(config[group]) == set(), f"conf/{group}/{option}.yaml omits these fields"
 
 
 def test_every_stage_config_round_trips():

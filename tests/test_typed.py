@@ -184,13 +184,18 @@ def test_bool_rejected_for_float():
     assert [p.key for p in excinfo.value.problems] == ["benchmark.scale"]
 
 
-def test_str_rejected_for_int():
+def test_text_that_is_no_int_is_rejected_for_int():
     with pytest.raises(ConfigError) as excinfo:
-        build(Job, {"name": "x", "benchmark": {"iters": "5"}})
+        build(Job, {"name": "x", "benchmark": {"iters": "5.5"}})
     (p,) = excinfo.value.problems
     assert p.key == "benchmark.iters"
-    assert p.found == "5"
+    assert p.found == "5.5"
     assert p.expected == "int"
+
+
+def test_numeric_text_converts_as_omegaconf_typed_nodes_do():
+    """${oc.env:ITERS} resolves to text; a typed OmegaConf node would convert it, so ptflow does."""
+    assert build(Job, {"name": "x", "benchmark": {"iters": " 5"}}).benchmark.iters == 5
 
 
 def test_missing_required_field():
