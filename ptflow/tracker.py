@@ -262,7 +262,10 @@ class MlflowTracker:
     def _stop_monitor(self) -> None:
         monitor, self._monitor = self._monitor, None
         if monitor is not None:
-            monitor.finish()     # wakes and joins the sampling thread, then logs what it sampled
+            try:
+                monitor.finish()     # wakes and joins the sampling thread, then logs what it sampled
+            except Exception as error:   # the store failed under it: reported like any tracking failure
+                self._failed(error)
 
     def _terminate(self) -> None:
         status = "FAILED" if self.record.status == "CONFIG_ERROR" else self.record.status

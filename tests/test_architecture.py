@@ -28,3 +28,15 @@ def test_help_does_not_import_torch_or_mlflow():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("[]")
     assert "quantize" in out and "int8_dynamic" in out
+
+
+def test_the_tracking_store_does_not_import_the_plan():
+    """plan.py reads TrackingConfig; tracking.py must not need the plan back (no import circle)."""
+    pattern = re.compile(r"^\s*(from|import)\s+ptflow\.plan\b|^\s*from\s+ptflow\s+import\s+.*\bplan\b", re.MULTILINE)
+    assert not pattern.search((ROOT / "ptflow" / "tracking.py").read_text())
+
+
+def test_the_command_line_modules_stay_small():
+    """Hydra expands and composes; ptflow's command line and pre-flight only check."""
+    sizes = {name: len((ROOT / "ptflow" / name).read_text().splitlines()) for name in ("cli.py", "preflight.py")}
+    assert all(lines <= 250 for lines in sizes.values()), sizes

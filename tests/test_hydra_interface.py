@@ -96,10 +96,41 @@ def test_sweeps_declared_in_config_are_checked_and_reported_as_theirs(inproc, tm
     assert "dry run: 4 job(s) checked" in out
 
 
+def test_run_flag_runs_one_job(inproc):
+    code, out, err = inproc("--run", "dry_run=true")
+    assert code == 0, err
+    assert "dry run: 1 job(s) checked" in out
+
+
 def test_hydra_mode_multirun_needs_no_dash_m(inproc):
     code, out, err = inproc("hydra.mode=MULTIRUN", "quantize=none,int8_dynamic", "dry_run=true")
     assert code == 0, err
     assert "dry run: 2 job(s) checked" in out
+
+
+def test_a_sampling_sweeper_gets_its_search_space_probed_interval_included(inproc, tmp_path):
+    study = """\
+        # @package _global_
+        # ptflow -m -cd studies experiment={name} — an Optuna search space declared in config
+        defaults:
+          - override /hydra/sweeper: optuna
+        hydra:
+          sweeper:
+            direction: maximize
+            n_trials: 2
+            params:
+              quantize: choice(none, int8_dynamic)
+              {extra}
+        """
+    _write(tmp_path / "studies" / "experiment" / "wide.yaml",
+           study.format(name="wide", extra="benchmark.max_dispersion: interval(0.1, 0.5)"))
+    _write(tmp_path / "studies" / "experiment" / "typo.yaml", study.format(name="typo", extra="compile: choice(eager, inductr)"))
+    code, out, err = inproc("-m", "-cd", str(tmp_path / "studies"), "experiment=wide", "dry_run=true")
+    assert code == 0, err
+    assert "dry run: 3 probe job(s) of the search space checked" in out     # 1 + one more per extra value
+    assert "max_dispersion=0.1" in out and "max_dispersion=0.5" in out
+    code, out, err = inproc("-m", "-cd", str(tmp_path / "studies"), "experiment=typo")
+    assert code == 2 and "did you mean 'inductor'?" in err
 
 
 def test_a_sweep_without_multirun_and_a_bad_key_are_both_reported(inproc):
