@@ -25,84 +25,10 @@ from ptflow.errors import ConfigError
 CONFIG_DIR = Path(os.environ.get("PTFLOW_CONFIG_DIR") or resources.files("ptflow.conf"))
 CALLBACK = "++hydra.callbacks.ptflow_preflight._target_=ptflow.preflight.Preflight"
 
-USAGE = """\
-ptflow — compile, optimize, benchmark and export a PyTorch model as a checked pipeline.
-
-usage: ptflow [-m] [-cn NAME] [-cp DIR] [-cd DIR] [group=option ...] [key=value ...]
-
-  ptflow                                        the default pipeline (one MLflow run)
-  ptflow quantize=none compile=inductor         pick recipes by config group
-  ptflow -m quantize=none,int8_dynamic compile=eager,inductor    sweep: one run per job
-  ptflow -m 'quantize=glob(*)' 'seed=range(0,3)'                 any Hydra sweep grammar
-  ptflow -m experiment=search                   Optuna: best speedup within an accuracy budget
-  ptflow dry_run=true                           check the config, print the plan, run nothing
-  ptflow pipeline=[load,validate,benchmark]     the stage list is config too
-  ptflow benchmark.iters=300 device.threads=1   change any key
-  ptflow --cfg job                              print the composed config (Hydra)
-  ptflow --hydra-help                           Hydra's own flags
-  ptflow-runs relog RUN_DIR                     log a run into MLflow again (after an outage)
-  ptflow-runs close-stale                       close runs whose process was killed (SIGKILL, OOM)
-
-exit codes: 0 finished, 1 a job failed, 2 config rejected before anything ran,
-            3 finished but the MLflow record is incomplete (ptflow-runs relog RUN_DIR),
-            130 / 143 stopped by SIGINT / SIGTERM (runs recorded KILLED)"""
-
-
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     from hydra._internal.utils import get_args_parser
 
     return get_args_parser().parse_args(list(argv))
-
-
-def _source(args: argparse.Namespace):
-    from ptflow.overrides import Source
-
-    primary = Path(args.config_path).resolve() if args.config_path else CONFIG_DIR
-    extra = tuple(_searchpath(args.overrides))
-    return Source(primary, args.config_name or "config",
-                  ((Path(args.config_dir).resolve(),) if args.config_dir else ()) + extra)
-
-
-def _searchpath(overrides: Sequence[str]) -> list[Path]:
-    """Folders that `hydra.searchpath=[...]` adds (file:// and pkg:// entries)."""
-    for override in overrides:
-        key, _, value = override.partition("=")
-        if key.lstrip("+") != "hydra.searchpath":
-            continue
-        found = []
-        for item in value.strip("[]").split(","):
-            item = item.strip().strip("'\"")
-            if item.startswith("file://"):
-                found.append(Path(item[len("file://"):]).resolve())
-            elif item.startswith("pkg://"):
-                try:
-                    found.append(Path(str(resources.files(item[len("pkg://"):].replace("/", ".")))))
-                except Exception:   # Hydra reports a missing package in its own words
-                    pass
-        return found
-    return []
-
-
-def _help(argv: Sequence[str]) -> str:
-    """Usage, the groups and options on the search path, and what the given overrides pick."""
-    from ptflow.overrides import compose_config, option_groups
-
-    args = _parse([a for a in argv if a not in ("-h", "--help")])
-    source = _source(args)
-    groups = option_groups(source.dirs)
-    lines = [USAGE, f"config groups ({', '.join(str(d) for d in source.dirs)}):"]
-    lines += [f"  {name:<12} {', '.join(sorted(options))}" for name, options in sorted(groups.items())]
-    if args.overrides:
-        try:
-            config, choices = compose_config(source, [o for o in args.overrides if "(" not in o and "," not in o],
-                                             resolve=False)
-            picked = " ".join(f"{g}={c}" for g, c in sorted(choices.items()) if not g.startswith("hydra"))
-            lines.append(f"\nwith these overrides: {picked}\n  pipeline: {' → '.join(config.get('pipeline', []))}")
-        except ConfigError as error:
-            lines.append(f"\nwith these overrides: {error}")
-    lines.append("\nresults: outputs/ (run dirs, mlflow.db); UI: mlflow ui --backend-store-uri "
-                 f"sqlite:///{Path('outputs/mlflow.db').resolve()}")
-    return "\n".join(lines)
 
 
 def _hydra_argv(argv: Sequence[str], args: argparse.Namespace) -> list[str]:
@@ -178,7 +104,9 @@ def _version() -> str:
 
 def run(argv: Sequence[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
-        print(_help(argv))
+        from ptflow.usage import help_text
+
+        print(help_text(argv))
         return 0
     if "--version" in argv:
         print(_version())
@@ -189,10 +117,19 @@ def run(argv: Sequence[str]) -> int:
         _launch(hydra_argv)            # Hydra's own answers; nothing runs
         return 0
     from ptflow import lifecycle, preflight
+    from ptflow.job import OUTCOMES
 
     lifecycle.install()
+    lifecycle.reset()                  # one `ptflow` invocation, one fresh state, also in-process
+    OUTCOMES.clear()
     preflight.LAUNCH = preflight.Launch()
+    saved = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"   # Hydra's refusals reach ptflow, which explains them in full
+    # Workers killed mid-job leave semaphores behind; the resource tracker's warning about
+    # them would bury the one line that says what happened.
+    quiet = "ignore:resource_tracker:UserWarning"
+    if quiet not in os.environ.get("PYTHONWARNINGS", ""):
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), quiet]))
     try:
         _launch([*hydra_argv, *([] if args.experimental_rerun else [CALLBACK])])
     except preflight.Rejected as rejected:
@@ -202,19 +139,39 @@ def run(argv: Sequence[str]) -> int:
     except KeyboardInterrupt as error:
         return _stopped(error)
     except Exception as error:
-        if preflight.LAUNCH.mode is not None:
-            raise                      # after the check passed: a bug, shown with its traceback
-        from ptflow.overrides import explain
+        if preflight.LAUNCH.mode is None:    # Hydra refused the command line before the check
+            from ptflow.overrides import explain, source_of
 
-        multirun = args.multirun or any(o.replace(" ", "") == "hydra.mode=MULTIRUN" for o in args.overrides)
-        return _rejected(explain(args.overrides, _source(args), multirun, error))
+            multirun = args.multirun or any(o.replace(" ", "") == "hydra.mode=MULTIRUN" for o in args.overrides)
+            return _rejected(explain(args.overrides, source_of(args), multirun, error))
+        if preflight.LAUNCH.mode == "multirun":   # the launcher failed mid-sweep (a worker crashed)
+            return _launcher_failed(error)
+        raise                          # after the check passed, in a single run: a bug, with its traceback
+    finally:
+        if saved is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved
     if preflight.LAUNCH.mode == "multirun":
         from ptflow import sweep
 
         return sweep.report(preflight.LAUNCH.dir, preflight.LAUNCH.expected)
-    from ptflow.job import OUTCOMES
-
     return OUTCOMES[-1].exit_code if OUTCOMES else 1
+
+
+def _launcher_failed(error: Exception) -> int:
+    """A sweep's launcher died under its jobs (joblib: a worker killed by the OOM killer):
+    the jobs it left RUNNING end KILLED, the table says how far it got, exit 1."""
+    from ptflow import lifecycle, sweep
+    from ptflow.errors import first_line
+    from ptflow.preflight import LAUNCH
+    from ptflow.stale import close_sweep
+
+    print(f"ptflow: the sweep's launcher failed: {type(error).__name__}: {first_line(error)}", file=sys.stderr)
+    with lifecycle.protected():
+        close_sweep(LAUNCH.dir, f"the sweep's launcher failed ({type(error).__name__})", 1, LAUNCH.stores)
+    sweep.report(LAUNCH.dir, LAUNCH.expected)
+    return 1
 
 
 def main() -> None:

@@ -21,12 +21,12 @@ from ptflow.errors import ConfigError, PtflowError, first_line
 from ptflow.files import describe_no_space, no_space, write_atomic
 from ptflow.naming import JobInfo
 from ptflow.plan import compile_plan
-from ptflow.record import RESULT_FILE, RunRecord
+from ptflow.record import EXIT_TRACKING_INCOMPLETE, RESULT_FILE, RunRecord
 from ptflow.stage import RunContext
+from ptflow.targets import resolve_path
 from ptflow.tracker import MlflowTracker, relog_command
 
 log = logging.getLogger(__name__)
-EXIT_TRACKING_INCOMPLETE = 3
 OUTCOMES: list[RunRecord] = []   # in-process launchers: the CLI reads these for its exit code
 
 __all__ = ["EXIT_TRACKING_INCOMPLETE", "OUTCOMES", "RESULT_FILE", "hydra_task", "run"]
@@ -63,7 +63,7 @@ def run(config: dict[str, Any], config_yaml: str, choices: dict[str, str], overr
         write_atomic(run_dir / "plan.txt", plan.render() + "\n")
         import torch
 
-        for key, message in device.apply(settings.device) or ():
+        for key, message in device.apply(settings.device):
             warn(key, message)
         torch.manual_seed(settings.seed)
         record.settings = device.capture(settings.device)
@@ -71,7 +71,8 @@ def run(config: dict[str, Any], config_yaml: str, choices: dict[str, str], overr
                          record.settings, engine.progress, warn)
         record.save()
         if settings.tracking.enabled:
-            tracker = MlflowTracker(settings.tracking, Path(settings.outputs_dir).resolve(), record)
+            # relative to where the user ran ptflow, also when hydra.job.chdir=true moved the job
+            tracker = MlflowTracker(settings.tracking, resolve_path(settings.outputs_dir), record)
         artifact = engine.run(plan, ctx, [record, tracker] if tracker else [record])
         record.objective, why_not = objective.value(
             artifact.metrics, settings.objective, settings.accuracy_budget, artifact.task_metric,
@@ -133,8 +134,7 @@ def _report(record: RunRecord, tracked: bool) -> None:
     tracking = record.tracking
     incomplete = tracked and not tracking.complete
     if record.status == "FINISHED":
-        record.summary["mlflow"]["complete"] = not incomplete
-        print(summary.render(record.summary), flush=True)
+        print(summary.render(record.summary, mlflow_complete=not incomplete), flush=True)
     elif record.status == "FAILED":
         lines = [f"ptflow: {record.error}"]
         if tracking.run_id and not incomplete:
@@ -160,8 +160,6 @@ def hydra_task(cfg: Any) -> float | None:
     _console_verbosity(hydra_cfg.verbose)
     job = JobInfo.from_hydra(hydra_cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
-    # hydra.job.chdir=true runs the job in its run dir: outputs_dir stays where the user meant it
-    config["outputs_dir"] = str(Path(hydra_cfg.runtime.cwd, config.get("outputs_dir", "outputs")))
     log.debug("job config composed; run dir %s", hydra_cfg.runtime.output_dir)
     return run(config=config,
                config_yaml=OmegaConf.to_yaml(cfg, resolve=True),

@@ -107,30 +107,37 @@ def protected() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class ProcessId:
-    """Host, pid, boot and the pid's start time: a pid alone is reused after a restart."""
+    """Which process, on which machine: host, pid, boot and the pid's start time (a pid alone
+    is reused after a restart), the machine id (two machines may share a hostname) and the
+    pid namespace (a container with the host's network sees neither the host's pids nor
+    they its own)."""
 
     host: str
     pid: int
     boot: str
     started: str
+    machine: str = ""
+    pidns: str = ""
 
     def __str__(self) -> str:
-        return f"{self.host}:{self.pid}:{self.boot}:{self.started}"
+        return f"{self.host}:{self.pid}:{self.boot}:{self.started}:{self.machine}:{self.pidns}"
 
     @classmethod
     def parse(cls, text: str) -> "ProcessId | None":
         try:
-            host, pid, boot, started = text.rsplit(":", 3)
-            return cls(host, int(pid), boot, started)
-        except (ValueError, AttributeError):
+            host, pid, boot, started, *rest = text.split(":")
+            return cls(host, int(pid), boot, started, *rest[:2])
+        except (ValueError, AttributeError, TypeError):
             return None
 
     def is_alive(self) -> bool | None:
-        """True/False on this host; None when it ran elsewhere (nothing can be known here)."""
-        if self.host != socket.gethostname():
+        """True/False for a process this one can see; None when that cannot be known here
+        (another host or machine, another pid namespace): such runs are never closed."""
+        here = current_process()
+        if self.host != here.host or self.pidns != here.pidns:
             return None
-        if self.boot != _boot_id():
-            return False
+        if self.boot != here.boot:           # boot ids are random per boot: another boot, or machine
+            return False if self.machine and self.machine == here.machine else None
         started = _start_ticks(self.pid)
         if started is not None:
             return started == self.started
@@ -145,7 +152,9 @@ class ProcessId:
 
 def current_process() -> ProcessId:
     pid = os.getpid()
-    return ProcessId(socket.gethostname(), pid, _boot_id(), _start_ticks(pid) or "")
+    return ProcessId(socket.gethostname(), pid, _read("/proc/sys/kernel/random/boot_id"),
+                     _start_ticks(pid) or "", _read("/etc/machine-id") or _read("/var/lib/dbus/machine-id"),
+                     _pid_namespace())
 
 
 def wait_until_gone(processes: list[ProcessId], timeout_s: float) -> None:
@@ -154,10 +163,17 @@ def wait_until_gone(processes: list[ProcessId], timeout_s: float) -> None:
         time.sleep(0.1)
 
 
-def _boot_id() -> str:
+def _read(path: str) -> str:
     try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+        with open(path, encoding="ascii") as handle:
             return handle.read().strip()
+    except OSError:
+        return ""
+
+
+def _pid_namespace() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
     except OSError:
         return ""
 

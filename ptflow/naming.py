@@ -14,6 +14,7 @@ the pipeline plus those no stage owns (device, experiment) — and ``pipeline``.
 """
 from __future__ import annotations
 
+import functools
 import getpass
 import hashlib
 import json
@@ -131,6 +132,7 @@ def _where(job: JobInfo) -> str:
     return f"@{Path(job.run_dir).name}" if job.run_dir else ""
 
 
+@functools.lru_cache(maxsize=1)   # one git look-up per process, not per job
 def source_tags() -> dict[str, str]:
     tags = {"hostname": socket.gethostname(), "git_sha": "unknown", "mlflow.source.name": "ptflow",
             "mlflow.user": getpass.getuser()}

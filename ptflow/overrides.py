@@ -13,6 +13,7 @@ import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,36 @@ class Source:
     @property
     def dirs(self) -> tuple[Path, ...]:
         return (self.primary, *self.extra)
+
+
+def source_of(args: Any) -> Source:
+    """The config source a parsed `ptflow` command line names (-cp, -cn, -cd, hydra.searchpath)."""
+    from ptflow.cli import CONFIG_DIR
+
+    primary = Path(args.config_path).resolve() if args.config_path else CONFIG_DIR
+    extra = tuple(_searchpath(args.overrides))
+    return Source(primary, args.config_name or "config",
+                  ((Path(args.config_dir).resolve(),) if args.config_dir else ()) + extra)
+
+
+def _searchpath(overrides: Sequence[str]) -> list[Path]:
+    """Folders that `hydra.searchpath=[...]` adds (file:// and pkg:// entries)."""
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key.lstrip("+") != "hydra.searchpath":
+            continue
+        found = []
+        for item in value.strip("[]").split(","):
+            item = item.strip().strip("'\"")
+            if item.startswith("file://"):
+                found.append(Path(item[len("file://"):]).resolve())
+            elif item.startswith("pkg://"):
+                try:
+                    found.append(Path(str(resources.files(item[len("pkg://"):].replace("/", ".")))))
+                except Exception:   # Hydra reports a missing package in its own words
+                    pass
+        return found
+    return []
 
 
 def option_groups(config_dirs: Sequence[Path]) -> dict[str, set[str]]:

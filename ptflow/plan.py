@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from pathlib import Path
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -18,6 +17,7 @@ from ptflow.device import DeviceConfig
 from ptflow.errors import ConfigError, Problem, did_you_mean, first_line
 from ptflow.files import creatable_dir_problem
 from ptflow.stage import Environment, Stage, StageSpec, load_stages
+from ptflow.targets import resolve_path
 from ptflow.tracking import TrackingConfig
 
 
@@ -57,7 +57,7 @@ SETTINGS_KEYS = tuple(f.name for f in fields(RunSettings))
 
 
 def _outputs_dir_problems(settings: RunSettings) -> list[Problem]:
-    reason = creatable_dir_problem(Path(settings.outputs_dir).expanduser().resolve())
+    reason = creatable_dir_problem(resolve_path(settings.outputs_dir))
     if reason is None:
         return []
     return [Problem("outputs_dir", settings.outputs_dir, "a directory ptflow can create and write",

@@ -199,14 +199,16 @@ def prepare_stores(jobs: list[Job]) -> list[tuple[str, str]]:
 
     stores: dict[tuple[str, str], str] = {}
     problems: list[Problem] = []
+    seen: set[tuple[str, str]] = set()
     for job in jobs:
         settings = job.plan.settings
         if not settings.tracking.enabled:
             continue
         outputs_dir = Path(settings.outputs_dir).resolve()
         key = (store_uri(settings.tracking, outputs_dir), settings.tracking.experiment)
-        if key in stores or any(p.found == key[0] for p in problems):
+        if key in seen:
             continue
+        seen.add(key)
         experiment_id, found = prepare_or_problem(settings.tracking, outputs_dir)
         problems += found
         if experiment_id is not None:
@@ -219,11 +221,17 @@ def prepare_stores(jobs: list[Job]) -> list[tuple[str, str]]:
 
 
 def _close_stale(uri: str, experiment_id: str) -> None:
+    """Housekeeping: a failure here is reported and never stops the launch."""
     from mlflow.tracking import MlflowClient
 
     from ptflow.stale import close_stale_runs
 
-    closed = close_stale_runs(MlflowClient(tracking_uri=uri), [experiment_id])
+    try:
+        closed = close_stale_runs(MlflowClient(tracking_uri=uri), [experiment_id])
+    except Exception as error:
+        print(f"ptflow: could not close earlier runs of vanished processes in {uri}: "
+              f"{type(error).__name__}: {first_line(error)}", file=sys.stderr)
+        return
     if closed:
         print(f"ptflow: closed {len(closed)} earlier run(s) whose process on this host is gone "
               f"as KILLED (tag ptflow.kill_reason): {', '.join(closed)}", file=sys.stderr)

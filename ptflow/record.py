@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from ptflow.plan import PlannedStage
 
 RESULT_FILE = "ptflow_result.json"
-TERMINAL = ("FINISHED", "FAILED", "KILLED", "CONFIG_ERROR")
+EXIT_TRACKING_INCOMPLETE = 3   # the run finished, but its MLflow copy is incomplete (re-log it)
+_UNSAVED: set[str] = set()     # run dirs whose record could not be written (reported once)
 
 
 def now() -> str:
@@ -80,7 +81,9 @@ class RunRecord:
             write_atomic(self.path, json.dumps(asdict(self), indent=2, default=str) + "\n")
             return True
         except OSError as error:
-            print(f"ptflow: could not write the run record {self.path}: {error}", file=sys.stderr)
+            if self.run_dir not in _UNSAVED:   # once per run, not once per stage
+                _UNSAVED.add(self.run_dir)
+                print(f"ptflow: could not write the run record {self.path}: {error}", file=sys.stderr)
             return False
 
     @classmethod
@@ -104,3 +107,14 @@ class RunRecord:
             if dataset not in self.datasets:
                 self.datasets.append(dataset)
         self.save()
+
+
+def run_records(paths) -> list[RunRecord]:
+    """The records at `paths` (result files) that can be read; a damaged one is skipped."""
+    records = []
+    for path in sorted(paths):
+        try:
+            records.append(RunRecord.load(Path(path).parent))
+        except (OSError, ValueError, TypeError):
+            continue
+    return records

@@ -11,6 +11,7 @@ Exit codes: 0 done, 1 something could not be done, 2 bad arguments or unreachabl
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 from collections.abc import Sequence
@@ -18,8 +19,9 @@ from pathlib import Path
 
 from ptflow.lifecycle import ProcessId
 from ptflow.record import RESULT_FILE, RunRecord
-from ptflow.stale import vanished_reason
-from ptflow.tracking import TrackingConfig, prepare_or_problem, sqlite_path, store_uri
+from ptflow.stale import close_record, vanished_reason
+from ptflow.tracking import (TrackingConfig, check_store, configure_http, prepare_or_problem, sqlite_path,
+                             store_uri)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,28 +63,35 @@ def relog(run_dir: Path, uri: str | None, experiment: str | None) -> int:
     record = RunRecord.load(run_dir)
     if record.status == "RUNNING":
         process = ProcessId.parse(record.process)
-        if process is None or process.is_alive() is not False:
-            print(f"ptflow-runs: {run_dir} is still running (process {record.process}); re-log it "
-                  "when it has ended", file=sys.stderr)
+        alive = process.is_alive() if process else None
+        if alive is not False:
+            state = "is still running" if alive else "says RUNNING, and whether its process lives cannot be told from this host"
+            print(f"ptflow-runs: {run_dir} {state} (process {record.process}); re-log it when it has ended, "
+                  "or from the host that ran it", file=sys.stderr)
             return 1
-        record.end("KILLED", None, reason=vanished_reason(process))
+        close_record(record, vanished_reason(process), None)
     target = uri or record.tracking.uri
     if not target:
         print(f"ptflow-runs: {run_dir} ran without tracking; say where to log it with --tracking-uri",
               file=sys.stderr)
         return 2
-    if uri and uri != record.tracking.uri:
-        record.tracking.run_id = None            # another store: a new run there
+    elsewhere = bool(uri) and uri != record.tracking.uri   # a copy in another store: a new run there
+    original = copy.deepcopy(record.tracking)
+    if elsewhere:
+        record.tracking.run_id = None
     config, outputs_dir, experiment_id = _store(target, experiment or record.tracking.experiment or "ptflow",
                                                 Path("outputs"))
     if experiment_id is None:
         return 2
     tracker = MlflowTracker(config, outputs_dir, record)
     tracker.replay()
+    run_id = record.tracking.run_id
+    if elsewhere:   # the record keeps pointing at the run's own store: a later relog there must not duplicate
+        record.tracking = original
     record.save()
     if not tracker.ok:
         return 1
-    print(f"re-logged {run_dir}: MLflow run {record.tracking.run_id} ({record.status}) in "
+    print(f"re-logged {run_dir}: MLflow run {run_id} ({record.status}) in "
           f"{store_uri(config, outputs_dir)}, experiment '{config.experiment}'")
     return 0
 
@@ -94,10 +103,22 @@ def close_stale(outputs_dir: Path, uri: str | None, experiment: str) -> int:
     if uri or (outputs_dir / "mlflow.db").is_file():
         from mlflow.tracking import MlflowClient
 
-        config, store_dir, experiment_id = _store(uri, experiment, outputs_dir)
-        if experiment_id is None:
+        from ptflow.errors import did_you_mean
+
+        config = TrackingConfig(uri=uri)
+        for problem in check_store(config, outputs_dir.resolve()):
+            print(f"ptflow-runs: {problem.render()}", file=sys.stderr)
             return 2
-        closed = close_stale_runs(MlflowClient(tracking_uri=store_uri(config, store_dir)), [experiment_id])
+        configure_http(config)
+        client = MlflowClient(tracking_uri=store_uri(config, outputs_dir.resolve()))
+        found = client.get_experiment_by_name(experiment)   # looked up, never created: a typo must not
+        if found is None:
+            names = [e.name for e in client.search_experiments()]
+            print(f"ptflow-runs: no experiment {experiment!r} in this store; it has: {', '.join(names)}"
+                  + (f" — {did_you_mean(experiment, names)}" if did_you_mean(experiment, names) else ""),
+                  file=sys.stderr)
+            return 2
+        closed = close_stale_runs(client, [found.experiment_id])
     records = close_stale_records(outputs_dir) if outputs_dir.is_dir() else []
     print(f"closed {len(closed)} stale MLflow run(s) and {len(records)} run record(s) as KILLED "
           "(their processes on this host are gone)")

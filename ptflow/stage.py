@@ -27,7 +27,7 @@ class Environment:
     device_type: str
 
 
-def _ignore_warning(key: str, message: str) -> None:
+def ignore_warning(key: str, message: str) -> None:
     """RunContext.warn where nobody listens (unit tests building a context by hand)."""
 
 
@@ -46,7 +46,7 @@ class RunContext:
     config_hash: str
     settings: Mapping[str, Any]          # device settings in force (device.capture)
     progress: Callable[..., Iterable]    # tqdm-like: progress(iterable, desc=..., total=...)
-    warn: Callable[[str, str], None] = field(default=_ignore_warning)
+    warn: Callable[[str, str], None] = field(default=ignore_warning)
 
     def path(self, *parts: str) -> Path:
         """A path under the run dir, its parent created."""

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from pathlib import Path
 
+from ptflow.errors import first_line
 from ptflow.lifecycle import ProcessId, wait_until_gone
-from ptflow.record import RESULT_FILE, RunRecord, now
+from ptflow.record import RESULT_FILE, RunRecord, now, run_records
 
 MAX_RUNS = 1000
 
@@ -47,65 +49,88 @@ def close_stale_records(root: Path) -> list[Path]:
     """KILL the RUNNING run records under `root` whose process on this host is gone (runs
     without tracking, or killed before their MLflow run existed); return their run dirs."""
     closed = []
-    for path in sorted(Path(root).rglob(RESULT_FILE)):
-        try:
-            record = RunRecord.load(path.parent)
-        except (OSError, ValueError):
-            continue
+    for record in run_records(Path(root).rglob(RESULT_FILE)):
         process = ProcessId.parse(record.process)
-        if record.status != "RUNNING" or process is None or process.is_alive() is not False:
-            continue
-        _close_record(record, vanished_reason(process), None)
-        closed.append(path.parent)
+        if record.status == "RUNNING" and process is not None and process.is_alive() is False:
+            close_record(record, vanished_reason(process), None)
+            closed.append(Path(record.run_dir))
     return closed
 
 
-def close_sweep(sweep_dir: Path, reason: str, exit_code: int, client=None, experiment_ids: list[str] = (),
+def close_sweep(sweep_dir: Path, reason: str, exit_code: int, stores: list[tuple[str, str]] = (),
                 wait_s: float = 5.0) -> int:
     """After a sweep was stopped: every job still RUNNING (record or MLflow) ends KILLED.
 
     A launcher's workers may be killed (joblib's loky uses SIGKILL) before they record
-    their own end, so the launching process closes what they left open. Returns how
-    many job records it closed."""
-    records = []
-    for path in sorted(Path(sweep_dir).glob(f"*/{RESULT_FILE}")):
-        try:
-            records.append(RunRecord.load(path.parent))
-        except (OSError, ValueError):
-            continue
-    running = [r for r in records if r.status == "RUNNING"]
+    their own end, so the launching process closes what they left open: each record is
+    saved first, then its MLflow run closed in its own store; a store that fails only
+    costs its own MLflow runs. `stores` are the sweep's (uri, experiment id) pairs.
+    Returns how many job records it closed."""
+    running = [r for r in run_records(Path(sweep_dir).glob(f"*/{RESULT_FILE}")) if r.status == "RUNNING"]
     wait_until_gone([p for p in (ProcessId.parse(r.process) for r in running) if p], wait_s)
+    clients = _Clients()
     for record in running:
-        _close_record(record, reason, exit_code, client)
-    if client is not None and experiment_ids:   # a job stopped before its record named its run
+        close_record(record, reason, exit_code, clients.get(record.tracking.uri))
+    for uri, experiment_id in stores:   # a job stopped before its record named its run
         query = (f"attributes.status = 'RUNNING' and "
                  f"tags.`ptflow.sweep` = {_quote(str(Path(sweep_dir).resolve()))}")
-        for run in client.search_runs(list(experiment_ids), query, max_results=MAX_RUNS):
+        client = clients.get(uri)
+        runs = _quietly(lambda: client.search_runs([experiment_id], query, max_results=MAX_RUNS), uri) or []
+        for run in runs:
             _close(client, run, reason)
     return len(running)
+
+
+class _Clients:
+    """One MlflowClient per tracking URI, made when first needed."""
+
+    def __init__(self) -> None:
+        self._made: dict[str, object] = {}
+
+    def get(self, uri: str | None):
+        if not uri:
+            return None
+        if uri not in self._made:
+            from mlflow.tracking import MlflowClient
+
+            self._made[uri] = MlflowClient(tracking_uri=uri)
+        return self._made[uri]
+
+
+def _quietly(call, uri: str | None):
+    """An MLflow call whose failure is reported, not raised: the records are what must be right."""
+    try:
+        return call()
+    except Exception as error:
+        print(f"ptflow: could not update MLflow at {uri}: {type(error).__name__}: {first_line(error)}",
+              file=sys.stderr)
+        return None
 
 
 def _close(client, run, reason: str) -> None:
     """Close an MLflow run, and its run dir's record if that is on this machine."""
     run_dir = run.data.tags.get("ptflow.run_dir")
-    try:
-        record = RunRecord.load(Path(run_dir)) if run_dir else None
-    except (OSError, ValueError):
-        record = None
-    if record is not None and record.status == "RUNNING" and record.tracking.run_id == run.info.run_id:
-        _close_record(record, reason, None, client)
+    found = run_records([Path(run_dir) / RESULT_FILE]) if run_dir else []
+    if found and found[0].status == "RUNNING" and found[0].tracking.run_id == run.info.run_id:
+        close_record(found[0], reason, None, client)
         return
-    client.set_tag(run.info.run_id, "ptflow.kill_reason", reason)
-    client.set_terminated(run.info.run_id, status="KILLED")
+    _terminate(client, run.info.run_id, reason, None)
 
 
-def _close_record(record: RunRecord, reason: str, exit_code: int | None, client=None) -> None:
-    """A RUNNING record ends KILLED (and its MLflow run, when `client` is given)."""
+def close_record(record: RunRecord, reason: str, exit_code: int | None, client=None) -> None:
+    """A RUNNING record ends KILLED — saved first — and then its MLflow run, when `client` is given."""
     if record.status != "RUNNING":
         return
     where = f" during stage '{record.stage}'" if record.stage else ""
     record.end("KILLED", exit_code, reason=reason + where)
-    if client is not None and record.tracking.run_id:
-        client.set_tag(record.tracking.run_id, "ptflow.kill_reason", record.reason)
-        client.set_terminated(record.tracking.run_id, status="KILLED")
     record.save()
+    if client is not None and record.tracking.run_id:
+        _terminate(client, record.tracking.run_id, record.reason, record.tracking.uri)
+
+
+def _terminate(client, run_id: str, reason: str, uri: str | None) -> None:
+    def close() -> None:
+        client.set_tag(run_id, "ptflow.kill_reason", reason)
+        client.set_terminated(run_id, status="KILLED")
+
+    _quietly(close, uri)

@@ -77,7 +77,7 @@ def _num(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def render(summary: Mapping[str, Any]) -> str:
+def render(summary: Mapping[str, Any], mlflow_complete: bool = True) -> str:
     picked = "-".join([summary["choices"].get("model", ""), *recipe(summary)]).strip("-")
     lines = [f"ptflow summary · {picked} · {len(summary['stages_s'])} stages in {summary['wall_s']:.1f} s",
              f"  {'':<20}{'baseline':>12}{'optimized':>12}"]
@@ -111,7 +111,7 @@ def render(summary: Mapping[str, Any]) -> str:
         lines.append(f"  {'export':<20}{relative(path)}")
     mlflow = summary["mlflow"]
     if mlflow["run_id"]:
-        state = "" if mlflow.get("complete", True) else "  INCOMPLETE (see below)"
+        state = "" if mlflow_complete else "  INCOMPLETE (see below)"
         lines.append(f"  {'MLflow run':<20}{mlflow['run_id']} (experiment '{mlflow['experiment']}'){state}")
         uri = mlflow["tracking_uri"]
         ui = uri if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}"

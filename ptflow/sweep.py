@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from ptflow.errors import ConfigError
-from ptflow.job import EXIT_TRACKING_INCOMPLETE
 from ptflow.lifecycle import Interrupted
-from ptflow.record import RESULT_FILE, RunRecord
+from ptflow.record import EXIT_TRACKING_INCOMPLETE, RESULT_FILE, run_records
 
 
 def task_overrides(cfg: Any) -> tuple[str, ...]:
@@ -93,7 +92,7 @@ def probes(config: Any, loader: Any) -> list[tuple[str, ...]]:
 def report(sweep_dir: Path, expected: int | None) -> int:
     """Print each job's status, p50, speedup and metric delta; return the sweep's exit code.
     `expected` is None when the sweeper decided the number of jobs as it went (Optuna)."""
-    results = sorted((RunRecord.load(p.parent) for p in sweep_dir.glob(f"*/{RESULT_FILE}")),
+    results = sorted(run_records(sweep_dir.glob(f"*/{RESULT_FILE}")),
                      key=lambda r: int(Path(r.run_dir).name) if Path(r.run_dir).name.isdigit() else 0)
     expected = len(results) if expected is None else expected
     failed = [r for r in results if r.status != "FINISHED"]
@@ -122,17 +121,8 @@ def close(sweep_dir: Path, stop: Interrupted, stores: list[tuple[str, str]]) -> 
     """After a signal: every job left RUNNING ends KILLED; one line says what happened."""
     from ptflow.stale import close_sweep
 
-    client = None
-    if stores:
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri=stores[0][0])
-    reason = f"the sweep was stopped by {stop.signal_name}"
-    try:
-        close_sweep(sweep_dir, reason, stop.exit_code, client, [e for _, e in stores])
-    except Exception as error:   # the store may be what failed; the records are closed first
-        print(f"ptflow: could not close the sweep's MLflow runs: {error}", file=sys.stderr)
-    records = [RunRecord.load(p.parent) for p in sweep_dir.glob(f"*/{RESULT_FILE}")]
+    close_sweep(sweep_dir, f"the sweep was stopped by {stop.signal_name}", stop.exit_code, stores)
+    records = run_records(sweep_dir.glob(f"*/{RESULT_FILE}"))
     counts = {s: sum(r.status == s for r in records) for s in ("FINISHED", "FAILED", "KILLED")}
     print(f"ptflow: sweep stopped by {stop.signal_name}: {counts['FINISHED']} finished, "
           f"{counts['FAILED']} failed, {counts['KILLED']} ended KILLED; records in {sweep_dir}",

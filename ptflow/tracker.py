@@ -154,7 +154,7 @@ class MlflowTracker:
             self._logged_datasets = {_dataset_key(i.dataset.name, i.dataset.digest, tag.value)
                                      for i in existing.inputs.dataset_inputs
                                      for tag in i.tags if tag.key == "mlflow.data.context"}
-            self._call(self._log_params, set(existing.data.params))
+            self._call(self._describe, set(existing.data.params), True)   # what the outage may have cost
         self._call(self._log_metrics, self.record.metrics)
         self._call(self._log_datasets, self.record.datasets)
         self.end()
@@ -204,12 +204,23 @@ class MlflowTracker:
             return None
         return run if run.info.experiment_id == self.experiment_id else None
 
-    def _start(self) -> None:
+    def _tags(self) -> dict[str, str]:
         record = self.record
-        tags = {**record.tags, **{f"ptflow.warning.{k}": v[:MAX_TAG] for k, v in record.warnings.items()}}
-        run = self.client.create_run(self.experiment_id, run_name=record.run_name, tags=tags)
-        self.run_id = record.tracking.run_id = run.info.run_id
-        self._log_params(set())
+        return {**record.tags, **{f"ptflow.warning.{k}": v[:MAX_TAG] for k, v in record.warnings.items()}}
+
+    def _start(self) -> None:
+        run = self.client.create_run(self.experiment_id, run_name=self.record.run_name, tags=self._tags())
+        self.run_id = self.record.tracking.run_id = run.info.run_id
+        self._describe(set())
+
+    def _describe(self, params_present: set[str], existing: bool = False) -> None:
+        """Params, tags and the run's text files (config, plan, overrides)."""
+        from mlflow.entities import RunTag
+
+        record = self.record
+        if existing:   # a run made before an outage: its tags may be incomplete
+            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in self._tags().items()])
+        self._log_params(params_present)
         for name in TEXT_FILES:
             path = Path(record.run_dir) / name
             if path.is_file():

@@ -10,6 +10,7 @@ import enum
 import hashlib
 import logging
 import os
+import ssl
 import tempfile
 import urllib.error
 import urllib.request
@@ -99,14 +100,21 @@ def sqlite_path(uri: str) -> Path | None:
     return None if path in ("", ":memory:") else Path(path)
 
 
+_SET_BY_PTFLOW: set[str] = set()
+
+
 def configure_http(config: TrackingConfig) -> None:
     """Bound MLflow's HTTP retries (its defaults wait ~4 minutes on a dead server).
 
-    MLflow's own MLFLOW_HTTP_REQUEST_* variables win when the user has set them."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(config.http_timeout_s))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(config.http_retries))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0.2")
+    MLflow's own MLFLOW_HTTP_REQUEST_* variables win when the user has set them; the
+    ones ptflow set follow each run's config."""
+    wanted = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(config.http_timeout_s),
+              "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(config.http_retries),
+              "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.2"}
+    for name, value in wanted.items():
+        if name not in os.environ or name in _SET_BY_PTFLOW:
+            os.environ[name] = value
+            _SET_BY_PTFLOW.add(name)
 
 
 def check_store(config: TrackingConfig, outputs_dir: Path) -> list[Problem]:
@@ -145,6 +153,8 @@ def probe(uri: str) -> str | None:
             return None        # something answered; MLflow itself will judge the rest
         except (urllib.error.URLError, OSError) as error:
             reason = getattr(error, "reason", error)
+            if isinstance(reason, ssl.SSLError):
+                return None    # a server answered; its certificate is MLflow's to judge (MLFLOW_TRACKING_*TLS*)
             cause = f"{type(reason).__name__}: {reason}" if not isinstance(reason, str) else reason
     host = urlparse(uri).netloc
     return f"no answer from {host} after {PROBE_TRIES} tries of {PROBE_TIMEOUT_S:.0f} s ({cause})"

@@ -18,7 +18,7 @@ from ptflow.data import as_split, make_batches
 from ptflow.errors import ConfigError, InputError, Problem
 from ptflow.spec import Batch
 from ptflow.modelinfo import dtype_of, parameter_count, serialized_size_mb
-from ptflow.stage import Environment, RunContext, register_stage
+from ptflow.stage import Environment, RunContext, ignore_warning, register_stage
 from ptflow.targets import check_target, instantiate, resolve_path
 from ptflow.weights import (SAFETENSORS, TORCH_FORMATS, expected_format, file_problem, fix_hint,
                             read_failure)
@@ -159,11 +159,7 @@ def _weights_file_problems(text: str) -> list[Problem]:
     return [Problem("model.weights", text, expected_format(path), f"{defect}; fix: {fix_hint(path)}")]
 
 
-def _ignore(key: str, message: str) -> None:
-    """build_model's `warn` when the caller does not listen."""
-
-
-def build_model(config: ModelConfig, warn: Warn = _ignore) -> torch.nn.Module:
+def build_model(config: ModelConfig, warn: Warn = ignore_warning) -> torch.nn.Module:
     """The builder's module with the weights file loaded; `warn(key, message)` hears of casts
     and skipped keys, which load_state_dict does silently."""
     if config.weights is None:

@@ -276,3 +276,18 @@ def test_a_joblib_sweep_into_a_fresh_dir_records_every_job(tmp_path):
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert len({r.data.tags["ptflow.process"] for r in runs}) == 2        # two worker processes
     assert {r["status"] for r in _records(tmp_path / "outputs")} == {"FINISHED"}
+
+
+def test_a_joblib_worker_killed_by_the_os_ends_the_sweep_with_a_true_record(tmp_path):
+    """The OOM killer takes a worker: joblib gives up on the sweep; every job is closed."""
+    proc = _start(tmp_path, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *LONG_BENCHMARK,
+                  "quantize=none,int8_dynamic")
+    _wait_for_stage(tmp_path / "outputs", "benchmark", count=2)
+    (worker,) = [r for r in _records(tmp_path / "outputs") if r["run_dir"].endswith("/0")]
+    os.kill(int(worker["process"].split(":")[1]), signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert "the sweep's launcher failed: TerminatedWorkerError" in err and "Traceback" not in err
+    assert "2/2 job(s)" in out
+    assert {r["status"] for r in _records(tmp_path / "outputs")} == {"KILLED"}
+    assert {r.info.status for r in _all_runs(_sqlite(tmp_path))} == {"KILLED"}

@@ -1,6 +1,7 @@
 """The pieces of the run lifecycle, in-process: claims, atomic writes, records, signals."""
 from __future__ import annotations
 
+import dataclasses
 import errno
 import multiprocessing
 import os
@@ -111,12 +112,17 @@ def test_a_process_id_tells_a_live_process_from_a_gone_one():
     assert me.is_alive() is True
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    dead = lifecycle.ProcessId(me.host, gone.pid, me.boot, "1")
-    assert dead.is_alive() is False
-    reused = lifecycle.ProcessId(me.host, os.getpid(), me.boot, "1")   # same pid, other start time
-    assert reused.is_alive() is False
-    assert lifecycle.ProcessId("another-host", 1, me.boot, me.started).is_alive() is None
+    assert dataclasses.replace(me, pid=gone.pid, started="1").is_alive() is False
+    assert dataclasses.replace(me, started="1").is_alive() is False        # same pid, other start time
+    assert dataclasses.replace(me, host="another-host").is_alive() is None
+    # same hostname, but another machine, or a container with its own pids: cannot be known here
+    assert dataclasses.replace(me, boot="other-boot", machine="other-machine").is_alive() is None
+    assert dataclasses.replace(me, pidns="4026530000").is_alive() is None
+    if me.machine:   # this machine, booted since: the process is gone
+        assert dataclasses.replace(me, boot="earlier-boot").is_alive() is False
     assert lifecycle.ProcessId.parse("garbage") is None
+    old = lifecycle.ProcessId.parse(f"{me.host}:{me.pid}:{me.boot}:{me.started}")   # before machine/pidns
+    assert old is not None and old.pid == me.pid
 
 
 SIGNAL_SCRIPT = textwrap.dedent("""
