@@ -18,6 +18,7 @@ class Form(str, enum.Enum):
     QUANTIZED = "quantized"    # an nn.Module with quantized weights (torchao tensor subclasses)
     COMPILED = "compiled"      # a torch.compile'd callable
     EXPORTED = "exported"      # a torch.export program, reloaded from its saved file
+    SCRIPTED = "scripted"      # a TorchScript module (legacy), e.g. loaded from a jit archive
 
     def __str__(self) -> str:
         return self.value
@@ -30,6 +31,7 @@ class DataContext(str, enum.Enum):
     """What a stage used a data set for (MLflow's dataset context tag)."""
 
     EVAL = "eval"              # validate and benchmark measure the model on it
+    CALIBRATION = "calibration"  # quantize calibrates observers (or fine-tunes, QAT) on it
 
     def __str__(self) -> str:
         return self.value
@@ -110,7 +112,8 @@ class Artifact:
     baseline: Baseline | None = None
     metrics: Mapping[str, float] = field(default_factory=dict)
     files: Mapping[str, Path] = field(default_factory=dict)
-    datasets: tuple[DatasetInfo, ...] = ()    # the data the run used (eval; later calibration)
+    datasets: tuple[DatasetInfo, ...] = ()    # the data the run used (eval, calibration)
+    calibration: Mapping[str, Any] | None = None   # data.calibration: `_target_` node, loaded on demand
     lineage: tuple[StageRecord, ...] = ()
 
     def evolve(self, **changes: Any) -> "Artifact":

@@ -48,6 +48,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     source: dict[str, Any]                 # `_target_` returning ptflow.data.Split or (inputs, targets)
+    calibration: dict[str, Any] | None = None  # `_target_` node for calibration/QAT data, never the eval rows
     batch_size: int = 150
     max_batches: int | None = None
     metric: str | None = "top1_accuracy"   # task metric on the targets; null for unlabelled data
@@ -87,6 +88,8 @@ class LoadStage:
     def preflight(self, env: Environment) -> list[Problem]:
         model = self.config.model
         problems = check_target(self.config.data.source, "data.source")
+        if self.config.data.calibration is not None:
+            problems += check_target(self.config.data.calibration, "data.calibration")
         if model.builder is not None:
             problems += check_target(model.builder, "model.builder")
         if model.weights:
@@ -107,6 +110,7 @@ class LoadStage:
             device=ctx.device, dtype=dtype_of(module), output_key=self.config.model.output_key,
             task_metric=data.metric,
             settings=dict(ctx.settings),
+            calibration=data.calibration,
             datasets=(dataset,),
             metrics={"load.parameters": float(parameter_count(module)),
                      "load.size_mb": serialized_size_mb(module),
