@@ -19,6 +19,7 @@ class Form(str, enum.Enum):
     COMPILED = "compiled"      # a torch.compile'd callable
     EXPORTED = "exported"      # a torch.export program, reloaded from its saved file
     SCRIPTED = "scripted"      # a TorchScript module (legacy), e.g. loaded from a jit archive
+    PACKED = "packed"          # torch.ao eager quantization (legacy): packed params, no torch.export
 
     def __str__(self) -> str:
         return self.value
@@ -114,6 +115,9 @@ class Artifact:
     files: Mapping[str, Path] = field(default_factory=dict)
     datasets: tuple[DatasetInfo, ...] = ()    # the data the run used (eval, calibration)
     calibration: Mapping[str, Any] | None = None   # data.calibration: `_target_` node, loaded on demand
+    tags: Mapping[str, str] = field(default_factory=dict)     # verdicts for MLflow tags (accepted=true)
+    series: Mapping[str, tuple[float, ...]] = field(default_factory=dict)   # per-step metrics (QAT loss)
+    rejected: str | None = None            # why the candidate must not go on (accuracy.enforce)
     lineage: tuple[StageRecord, ...] = ()
 
     def evolve(self, **changes: Any) -> "Artifact":
@@ -122,6 +126,9 @@ class Artifact:
 
     def with_metrics(self, values: Mapping[str, float]) -> "Artifact":
         return self.evolve(metrics={**self.metrics, **values})
+
+    def with_tags(self, values: Mapping[str, str]) -> "Artifact":
+        return self.evolve(tags={**self.tags, **values})
 
     def with_files(self, paths: Mapping[str, Path]) -> "Artifact":
         return self.evolve(files={**self.files, **paths})

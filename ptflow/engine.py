@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from ptflow import typed
 from ptflow.artifact import Artifact, StageRecord
-from ptflow.errors import StageError
+from ptflow.errors import Rejected, StageError
 from ptflow.plan import Plan, PlannedStage
 from ptflow.stage import RunContext
 
@@ -68,6 +68,8 @@ def _run_stage(planned: PlannedStage, artifact: Artifact | None, ctx: RunContext
                hooks: Sequence[Any]) -> Artifact:
     _emit(hooks, "before_stage", planned, artifact)
     log.info("stage %s: starting", planned.name)
+    for key, message in planned.warnings:
+        ctx.warn(key, message)
     started = time.perf_counter()
     try:
         result = planned.stage.run(artifact, ctx)
@@ -85,5 +87,9 @@ def _run_stage(planned: PlannedStage, artifact: Artifact | None, ctx: RunContext
     result = result.evolve(lineage=result.lineage + (record,)).with_metrics(
         {f"{planned.name}.duration_s": duration})
     log.info("stage %s: done in %.2fs", planned.name, duration)
-    _emit(hooks, "after_stage", record, result)
+    _emit(hooks, "after_stage", record, result)   # the evidence is recorded, rejected or not
+    if result.rejected and (artifact is None or artifact.rejected != result.rejected):
+        failure = StageError(planned.name, Rejected(result.rejected))
+        _emit(hooks, "on_error", failure, result)
+        raise failure
     return result

@@ -82,6 +82,11 @@ class InputError(PtflowError):
     """Bad user input found while running (a checkpoint that does not fit, NaN outputs...)."""
 
 
+class Rejected(PtflowError):
+    """A stage measured the candidate and found it unacceptable (e.g. accuracy.enforce): the
+    evidence is recorded first, then the run stops before any later stage (export) runs."""
+
+
 class StageError(PtflowError):
     """A stage failed; names the stage and carries the cause."""
 

@@ -16,7 +16,7 @@ from ptflow.artifact import Form
 from ptflow.device import DeviceConfig
 from ptflow.errors import ConfigError, Problem, did_you_mean, first_line
 from ptflow.files import creatable_dir_problem
-from ptflow.stage import Environment, Stage, StageSpec, load_stages
+from ptflow.stage import Environment, Note, Stage, StageSpec, load_stages
 from ptflow.targets import resolve_path
 from ptflow.tracking import TrackingConfig
 
@@ -37,7 +37,6 @@ class RunSettings:
     plugins: tuple[str, ...] = ()
     task_name: str = "ptflow"
     objective: str | None = "benchmark.speedup_p50"   # the metric a job returns to a sweeper
-    accuracy_budget: float | None = None              # largest task-metric drop a candidate may show
 
     def __post_init__(self) -> None:
         problems = []
@@ -54,6 +53,8 @@ class RunSettings:
 
 
 SETTINGS_KEYS = tuple(f.name for f in fields(RunSettings))
+RENAMED = {"accuracy_budget": "replaced by accuracy.max_drop (the gate every run is judged by; "
+                              "accuracy.enforce=true also stops a rejected run)"}
 
 
 def _outputs_dir_problems(settings: RunSettings) -> list[Problem]:
@@ -71,10 +72,15 @@ class PlannedStage:
     stage: Stage
     form_in: Form | None
     form_out: Form
+    notes: tuple[Note, ...] = ()
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def warnings(self) -> tuple[tuple[str, str], ...]:
+        return tuple((n.warning, n.text) for n in self.notes if n.warning)
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,7 @@ class Plan:
             lines.append(f"  {number}. {planned.name:<{width}}  {given:>9} -> {planned.form_out:<9}"
                          f"  {planned.spec.summary}".rstrip())
             lines.append(f"     {_one_line(typed.to_plain(planned.config))}")
+            lines.extend(f"     {'warning: ' if note.warning else ''}{note.text}" for note in planned.notes)
         return "\n".join(lines)
 
 
@@ -114,13 +121,13 @@ def compile_plan(cfg: Mapping[str, Any], choices: Mapping[str, str] | None = Non
     for key in cfg:
         if key not in known and key != "hydra":
             problems.append(Problem(key, cfg[key], "a top-level key: " + ", ".join(sorted(known)),
-                                    did_you_mean(key, known) or "remove it"))
+                                    RENAMED.get(key) or did_you_mean(key, known) or "remove it"))
     if settings is None:
         raise ConfigError(problems)
     stages = _check_chain(settings, cfg, registry, problems)
     problems.extend(device.check(settings.device))
     problems.extend(_outputs_dir_problems(settings))
-    problems.extend(objective.problems(settings.objective, settings.accuracy_budget, settings.pipeline, cfg))
+    problems.extend(objective.problems(settings.objective, settings.pipeline))
     if problems:
         raise ConfigError(_unique(problems))
     return Plan(settings, tuple(stages), dict(choices or {}))
@@ -136,7 +143,7 @@ def _build(cls: type, data: object, path: str, problems: list[Problem]) -> Any:
 
 def _check_chain(settings: RunSettings, cfg: Mapping[str, Any], registry: Mapping[str, StageSpec],
                  problems: list[Problem]) -> list[PlannedStage]:
-    env = Environment(device_type=settings.device.type.value)
+    env = Environment(settings.device.type.value, settings.pipeline, cfg)
     planned: list[PlannedStage] = []
     form: Form | None = None
     form_from = ""          # the stage that produced `form`, for the hint
@@ -179,9 +186,15 @@ def _check_chain(settings: RunSettings, cfg: Mapping[str, Any], registry: Mappin
             chain_ok = False
             continue
         elif accepted and form not in accepted:
+            reason = getattr(stage, "refusal", lambda given: None)(form)
+            move = f"place '{name}' before '{form_from}'"
+            if form_from == settings.pipeline[0]:   # the loaded model itself: reordering cannot help
+                fix = reason or move
+            else:
+                fix = move + (f" ({reason})" if reason else "")
             problems.append(Problem(where, name, f"'{name}' after a stage producing "
                                     + " or ".join(sorted(map(str, accepted))),
-                                    f"'{form_from}' hands on the model as '{form}'; place '{name}' before '{form_from}'"))
+                                    f"'{form_from}' hands on the model as '{form}'; {fix}"))
         missing = stage.requires - facts
         if missing:
             providers = sorted(s for s, sp in registry.items() if missing & sp.stage_cls.provides)
@@ -191,7 +204,12 @@ def _check_chain(settings: RunSettings, cfg: Mapping[str, Any], registry: Mappin
         new_form = stage.produces(form)
         if new_form != form:
             form_from = name
-        planned.append(PlannedStage(spec, config, stage, form, new_form))
+        notes: list[Note] = []
+        try:
+            notes = list(getattr(stage, "explain", lambda env: [])(env))
+        except Exception as error:
+            problems.append(_crashed(where, name, "a plan note that completes", error))
+        planned.append(PlannedStage(spec, config, stage, form, new_form, tuple(notes)))
         form = new_form
         facts |= stage.provides
     return planned

@@ -59,6 +59,7 @@ class RunRecord:
     config: dict[str, Any] = field(default_factory=dict)     # resolved, without the hydra node
     settings: dict[str, Any] = field(default_factory=dict)   # device settings in force
     metrics: dict[str, float] = field(default_factory=dict)
+    series: dict[str, list[float]] = field(default_factory=dict)   # per-step metrics (QAT loss)
     files: dict[str, str] = field(default_factory=dict)
     datasets: list[dict[str, Any]] = field(default_factory=list)   # artifact.DatasetInfo, as plain data
     warnings: dict[str, str] = field(default_factory=dict)
@@ -103,6 +104,8 @@ class RunRecord:
         self.stage = None
         self.metrics.update({k: float(v) for k, v in artifact.metrics.items() if v is not None})
         self.files.update({k: str(v) for k, v in artifact.files.items()})
+        self.tags.update(artifact.tags)
+        self.series.update({k: [float(v) for v in values] for k, values in artifact.series.items()})
         for dataset in map(to_plain, artifact.datasets):
             if dataset not in self.datasets:
                 self.datasets.append(dataset)

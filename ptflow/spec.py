@@ -86,6 +86,35 @@ class ModelInputs:
         return InputSpec(tuple(tensors), keyword=bool(self.kwargs) and not self.args)
 
 
+def export_dynamic_shapes(spec: InputSpec, example: ModelInputs) -> Any:
+    """torch.export's `dynamic_shapes` for the spec's dynamic dims (one Dim per label),
+    keyed like the example's call: a tuple for positional inputs, a dict for keywords."""
+    import torch
+
+    dims: dict[str, Any] = {}
+    shapes: dict[str, Any] = {}
+    for tensor in spec.tensors:
+        dynamic = tensor.dynamic_dims()
+        shapes[tensor.name] = {i: dims.setdefault(label, torch.export.Dim(label)) for i, label in dynamic.items()} \
+            if dynamic else None
+    if not any(shapes.values()):
+        return None
+    if example.args and not example.kwargs:
+        return tuple(shapes.values())
+    return shapes
+
+
+def export_example(spec: InputSpec, example: ModelInputs) -> tuple[ModelInputs, Any]:
+    """(inputs to trace with, their `dynamic_shapes`) for torch.export. torch.export
+    specialises a dim of size 1, so a size-1 example of a dynamic batch is doubled."""
+    import torch
+
+    shapes = export_dynamic_shapes(spec, example)
+    if shapes is not None and example.batch_size() == 1:
+        example = example.map(lambda t: torch.cat([t, t]))
+    return example, shapes
+
+
 @dataclass(frozen=True)
 class Batch:
     """Model inputs plus the task's targets (None for unlabelled data)."""

@@ -22,9 +22,22 @@ ENTRY_POINT_GROUP = "ptflow.stages"
 
 @dataclass(frozen=True)
 class Environment:
-    """What a stage's preflight may inspect: the requested device and this machine."""
+    """What a stage's preflight may inspect: the requested device, the pipeline it runs in
+    and the whole config as plain data (for checks across stages, e.g. "int8_static wants
+    compile=inductor after it" or "quantize needs data.calibration")."""
 
     device_type: str
+    pipeline: tuple[str, ...] = ()
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Note:
+    """A line the plan shows under a stage (a sub-step such as calibration, or advice).
+    With a ``warning`` key it is also a run warning (tag ``ptflow.warning.<key>``)."""
+
+    text: str
+    warning: str | None = None
 
 
 def ignore_warning(key: str, message: str) -> None:
@@ -72,6 +85,9 @@ class Stage(Protocol):
 
     def run(self, artifact: Artifact | None, ctx: RunContext) -> Artifact:
         """Do the work; return ``artifact.evolve(...)``."""
+
+    # Optional: ``explain(env) -> list[Note]`` — sub-steps and advice shown in the plan;
+    # ``refusal(form) -> str | None`` — why a form it does not consume cannot work (the plan's hint).
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,7 @@ class MlflowTracker:
         self.error: str | None = None
         self._logged_metrics: set[str] = set()
         self._logged_datasets: set[tuple[str, str, str]] = set()
+        self._logged_tags: dict[str, str] = {}
         self._sample_system = False
         self._monitor = None           # MLflow's SystemMetricsMonitor while it samples
         self.client = None
@@ -122,6 +123,8 @@ class MlflowTracker:
 
     def after_stage(self, stage: "StageRecord", artifact: "Artifact") -> None:
         self._call(self._log_metrics, artifact.metrics)
+        self._call(self._log_series, artifact.series)
+        self._call(self._log_tags, artifact.tags)
         self._call(self._log_datasets, [to_plain(info) for info in artifact.datasets])
         if stage.name in QUIET_STAGES:
             self._start_monitor(resume=True)
@@ -156,6 +159,7 @@ class MlflowTracker:
                                      for tag in i.tags if tag.key == "mlflow.data.context"}
             self._call(self._describe, set(existing.data.params), True)   # what the outage may have cost
         self._call(self._log_metrics, self.record.metrics)
+        self._call(self._log_series, self.record.series)
         self._call(self._log_datasets, self.record.datasets)
         self.end()
 
@@ -239,6 +243,28 @@ class MlflowTracker:
         fresh = {k: v for k, v in fresh.items() if k not in self._logged_metrics}
         self._log_batch(metrics=fresh)
         self._logged_metrics.update(fresh)
+
+    def _log_series(self, series: Mapping[str, Iterable[float]]) -> None:
+        """Per-step metrics (MLflow's step axis), each logged once."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        for name, values in series.items():
+            key = mlflow_metric_key(name)
+            if key in self._logged_metrics:
+                continue
+            points = [Metric(key, float(v), now, step) for step, v in enumerate(values)]
+            for start in range(0, len(points), 1000):
+                self.client.log_batch(self.run_id, metrics=points[start:start + 1000])
+            self._logged_metrics.add(key)
+
+    def _log_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        fresh = {k: v for k, v in tags.items() if self._logged_tags.get(k) != v}
+        if fresh:
+            self.client.log_batch(self.run_id, tags=[RunTag(k, v[:MAX_TAG]) for k, v in fresh.items()])
+            self._logged_tags.update(fresh)
 
     def _log_datasets(self, datasets: Iterable[Mapping[str, Any]]) -> None:
         from mlflow.entities import DatasetInput, InputTag
