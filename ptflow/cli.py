@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from ptflow.errors import ConfigError
 # conf/ ships as the package ptflow.conf (pyproject maps it): a real directory in wheel and editable installs.
 CONFIG_DIR = Path(os.environ.get("PTFLOW_CONFIG_DIR") or resources.files("ptflow.conf"))
 CALLBACK = "++hydra.callbacks.ptflow_preflight._target_=ptflow.preflight.Preflight"
+NEVER_IMPORTED = frozenset({"test", "tests", "conftest", "setup"})   # no warning for these names
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     from hydra._internal.utils import get_args_parser
@@ -102,6 +103,65 @@ def _version() -> str:
     return f"ptflow {version('ptflow')} (Hydra {hydra.__version__})"
 
 
+def _user_dir_importable() -> Callable[[], None]:
+    """Make the directory ptflow runs from importable, as `python -m` does, for `_target_`s and
+    `plugins` in the user's own modules: first on sys.path, and on PYTHONPATH for launcher
+    workers (joblib's loky processes, submitit) that start from the environment. PYTHONSAFEPATH
+    (python -P) opts out, as it does for `python -m`. Returns the undo, for in-process callers."""
+    if getattr(sys.flags, "safe_path", False):
+        return lambda: None
+    cwd = os.getcwd()
+    inserted = not any(entry and os.path.abspath(entry) == cwd for entry in sys.path)
+    if inserted:   # (`python -m ptflow` put it there already; '' would follow a chdir'd job)
+        for line in _shadowed_by(cwd):
+            print(f"ptflow: warning: {line}", file=sys.stderr)
+        sys.path.insert(0, cwd)
+    saved = os.environ.get("PYTHONPATH")
+    entries = [entry for entry in (saved or "").split(os.pathsep) if entry]
+    if cwd not in entries:
+        os.environ["PYTHONPATH"] = os.pathsep.join([cwd, *entries])
+
+    def undo() -> None:
+        if inserted and cwd in sys.path:
+            sys.path.remove(cwd)
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+    return undo
+
+
+def _shadowed_by(directory: str) -> list[str]:
+    """Modules in `directory` that hide an installed module of the same name once it is first
+    on sys.path (`python -m` hides them the same way): one line each, to warn."""
+    import importlib.util
+
+    lines = []
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except OSError:
+        return []
+    for entry in entries:
+        if entry.name.endswith(".py") and entry.is_file():
+            name = entry.name[:-3]
+        elif entry.is_dir() and os.path.isfile(os.path.join(entry.path, "__init__.py")):
+            name = entry.name
+        else:
+            continue
+        if not name.isidentifier() or name in NEVER_IMPORTED:
+            continue
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        where = spec.origin if spec and spec.origin not in (None, "built-in", "frozen") else None
+        if spec is not None and not (where or "").startswith(directory + os.sep):
+            lines.append(f"./{entry.name} hides the installed module '{name}' ({where or spec.origin}) in "
+                         "this run, as `python -m` would; rename it unless that is what you want")
+    return lines
+
+
 def run(argv: Sequence[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         from ptflow.usage import help_text
@@ -111,6 +171,14 @@ def run(argv: Sequence[str]) -> int:
     if "--version" in argv:
         print(_version())
         return 0
+    undo = _user_dir_importable()
+    try:
+        return _run(argv)
+    finally:
+        undo()
+
+
+def _run(argv: Sequence[str]) -> int:
     args = _parse(argv)
     hydra_argv = _hydra_argv(argv, args)
     if args.cfg or args.info or args.hydra_help or args.shell_completion:

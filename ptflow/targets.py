@@ -1,16 +1,54 @@
-"""`_target_` builders and resource paths, checked before anything heavy runs."""
+"""`_target_` builders and resource paths, checked before anything heavy runs.
+
+A builder may tell the pre-flight more about itself with ``@builder_traits(...)``: a check
+of its arguments (a directory that must hold config.json, a file that must hold the named
+keys), whether it loads trained weights itself, whether the data it makes is synthetic.
+"""
 from __future__ import annotations
 
 import importlib
 import importlib.resources
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ptflow.errors import Problem, did_you_mean, first_line
 
 PKG_SCHEME = "pkg://"
+TRAITS_ATTRIBUTE = "__ptflow_traits__"
+
+
+@dataclass(frozen=True)
+class BuilderTraits:
+    """What ptflow may know about a `_target_` builder before calling it."""
+
+    # check(key, kwargs) -> problems of these arguments, keyed under `key` (e.g. model.builder)
+    check: Callable[[str, Mapping[str, Any]], list[Problem]] | None = None
+    loads_weights: bool = False   # a model builder that loads trained weights itself (model.weights: null)
+    synthetic: bool = False       # a data builder that makes its data up: numbers are latency-only
+    # no_targets(kwargs) -> why the data has no targets with these arguments (None: it has them)
+    no_targets: Callable[[Mapping[str, Any]], str | None] | None = None
+
+
+def builder_traits(**traits: Any) -> Callable[[Callable], Callable]:
+    """Decorator: attach BuilderTraits to a builder function."""
+    def decorate(fn: Callable) -> Callable:
+        setattr(fn, TRAITS_ATTRIBUTE, BuilderTraits(**traits))
+        return fn
+
+    return decorate
+
+
+def traits_of(spec: Mapping[str, Any] | None) -> BuilderTraits:
+    """The traits of a `_target_` node's callable; the defaults when it has none or does not
+    import (check_target reports that)."""
+    try:
+        target = _locate(str(spec["_target_"]))  # type: ignore[index]
+    except Exception:
+        return BuilderTraits()
+    return getattr(target, TRAITS_ATTRIBUTE, None) or BuilderTraits()
 
 
 def origin_cwd() -> Path:
@@ -43,6 +81,18 @@ def _locate(dotted: str) -> Any:
         raise ImportError(f"'{dotted}' is not a dotted path like package.module.name")
     try:
         module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        top = module_name.split(".")[0]
+        if error.name != top:
+            raise
+        where = origin_cwd()
+        if (where / f"{top}.py").is_file() or (where / top / "__init__.py").is_file():
+            raise ImportError(f"{error}, though {where} holds it: that directory is not on the import path "
+                              "(the ptflow command puts it there unless PYTHONSAFEPATH is set); unset "
+                              f"PYTHONSAFEPATH, or set PYTHONPATH={where}") from None
+        raise ImportError(f"{error}: it is neither an installed package nor a module in {where}, "
+                          f"where ptflow imports your own modules from ({top}.py or {top}/); run "
+                          "ptflow from the directory that holds it, or pip install its package") from None
     except ImportError:
         raise
     except Exception as error:   # a module that fails while importing: its own bug, named
@@ -76,7 +126,14 @@ def check_target(spec: Mapping[str, Any] | None, key: str) -> list[Problem]:
         hint = did_you_mean(unknown[0], accepted) if unknown else ""
         return [Problem(f"{key}.{unknown[0]}" if unknown else key, kwargs.get(unknown[0]) if unknown else kwargs,
                         f"arguments of {spec['_target_']}: " + ", ".join(accepted), hint or str(error))]
-    return []
+    check = getattr(target, TRAITS_ATTRIBUTE, BuilderTraits()).check
+    if check is None:
+        return []
+    try:
+        return check(key, kwargs)
+    except Exception as error:   # the builder's own check must not crash the pre-flight
+        return [Problem(key, spec["_target_"], "a pre-flight check of its arguments that completes",
+                        f"{type(error).__name__}: {first_line(error)}")]
 
 
 def instantiate(spec: Mapping[str, Any]) -> Any:

@@ -1,24 +1,31 @@
-"""Weights files: the format a file's name promises, and a cheap look at whether it keeps it.
+"""Model files: the format a file's name promises, and a cheap look at whether it keeps it.
 
 The pre-flight runs for every job of a sweep before anything heavy, so `file_problem`
-stats the file and reads only its header (safetensors) or zip directory (torch.save),
-never the tensor data: a 10 GB checkpoint costs milliseconds.
+stats the file and reads only its header (safetensors) or zip directory (torch.save,
+torch.jit.save, torch.export.save), never the tensor data: a 10 GB checkpoint costs
+milliseconds. `sniff` tells the three zip formats apart the same way, so the plan knows
+what a file holds (a state_dict, a TorchScript archive, a .pt2 program) before it loads.
 """
 from __future__ import annotations
 
+import enum
 import json
 import stat
 import struct
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ptflow.errors import InputError
 
 SAFETENSORS = (".safetensors",)
-TORCH_FORMATS = (".pt", ".pth", ".bin", ".ckpt")
+TORCH_FORMATS = (".pt", ".pth", ".bin", ".ckpt", ".pt2")
 SAFETENSORS_FORMAT = "a safetensors file (8-byte header length, JSON header, tensor data)"
 TORCH_FORMAT = ("a torch.save checkpoint (a zip archive holding data.pkl, or a legacy "
                 "pickle stream)")
+PT2_FORMAT = "a torch.export program (a .pt2 archive written by torch.export.save)"
+PT2_MARKER = "archive_format"   # torch.export.save writes it at the archive's root
 MAX_HEADER_BYTES = 100_000_000  # safetensors refuses larger headers itself
 PICKLE_PROTOCOLS = range(2, 6)  # torch's legacy format opens with PROTO 2; later protocols too
 ZIP_MAGIC = b"PK\x03\x04"
@@ -26,13 +33,38 @@ UNPICKLER_DETAIL = "WeightsUnpickler error:"
 HEAD_BYTES = 64  # enough to recognise an HTML page or a Git LFS pointer
 
 
+class ModelFormat(str, enum.Enum):
+    """What model.weights holds (model.format)."""
+
+    AUTO = "auto"                # read from the file: safetensors/torch.save -> state_dict, jit -> torchscript, .pt2
+    STATE_DICT = "state_dict"    # tensors for model.builder's module (safetensors or torch.save)
+    TORCHSCRIPT = "torchscript"  # a torch.jit.save archive: architecture and weights, no Python pickles
+    PT2 = "pt2"                  # a torch.export.save program: architecture and weights, no Python pickles
+    PICKLE = "pickle"            # torch.save(model): a whole pickled module (needs model.trust_pickle=true)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class ProgramSignature:
+    """How a .pt2 program must be called, and the output types it names (read from its JSON)."""
+
+    positional: int
+    keywords: tuple[str, ...]
+    output_types: tuple[str, ...]   # serialized pytree type names, e.g. transformers.modeling_outputs.X
+
+
 def expected_format(path: Path) -> str:
-    return SAFETENSORS_FORMAT if path.suffix in SAFETENSORS else TORCH_FORMAT
+    if path.suffix in SAFETENSORS:
+        return SAFETENSORS_FORMAT
+    return PT2_FORMAT if path.suffix == ".pt2" else TORCH_FORMAT
 
 
 def fix_hint(path: Path) -> str:
     """What to do about a weights file that cannot be read."""
     save = ("safetensors.torch.save_file(model.state_dict(), path)" if path.suffix in SAFETENSORS
+            else "torch.export.save(program, path)" if path.suffix == ".pt2"
             else "torch.save(model.state_dict(), path)")
     return f"re-download {path} or re-save it with {save}, or point model.weights at the right file"
 
@@ -112,14 +144,74 @@ def _torch_problem(path: Path, handle) -> str | None:
                 names = archive.namelist()
         except (zipfile.BadZipFile, ValueError, EOFError) as error:
             return f"{path} is a damaged zip archive: {one_line(error)}"
-        if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+        if _zip_format(names) is None:
             return (f"{path} is a zip archive but not a torch.save checkpoint (no data.pkl among "
-                    f"{len(names)} entries, e.g. {', '.join(names[:3]) or 'none'})")
+                    f"{len(names)} entries, e.g. {', '.join(names[:3]) or 'none'}), nor a "
+                    "torch.export program (no archive_format entry)")
         return None
     if _is_pickle(head):
         return None  # a legacy torch.save stream; only reading it all can tell more
     return (f"{path} is neither a zip archive (torch.save's format since 1.6) nor a pickle stream "
             f"(the legacy format){_recognised(head)}")
+
+
+def _zip_format(names: list[str]) -> ModelFormat | None:
+    """What a zip archive's entry names say it is: TorchScript archives hold code/ beside
+    data.pkl, .pt2 programs an archive_format entry, torch.save checkpoints data.pkl alone."""
+    def has(entry: str) -> bool:
+        return any(n == entry or n.endswith("/" + entry) for n in names)
+
+    if has(PT2_MARKER):
+        return ModelFormat.PT2
+    if has("data.pkl"):
+        scripted = any(n.startswith("code/") or "/code/" in n for n in names)
+        return ModelFormat.TORCHSCRIPT if scripted else ModelFormat.STATE_DICT
+    return None
+
+
+def sniff(path: Path) -> ModelFormat | None:
+    """The format of the model file at `path` from its zip directory (never its data);
+    STATE_DICT for safetensors and legacy pickle streams (a torch.save checkpoint may still
+    hold a whole pickled model: only unpickling can tell). None if it cannot be read."""
+    if path.suffix in SAFETENSORS:
+        return ModelFormat.STATE_DICT
+    try:
+        with open(path, "rb") as handle:
+            if not handle.read(len(ZIP_MAGIC)).startswith(ZIP_MAGIC):
+                return ModelFormat.STATE_DICT
+            with zipfile.ZipFile(handle) as archive:
+                return _zip_format(archive.namelist())
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError):
+        return None
+
+
+def describe_format(found: ModelFormat) -> str:
+    return {ModelFormat.STATE_DICT: "a state_dict (safetensors or torch.save)",
+            ModelFormat.TORCHSCRIPT: "a TorchScript archive (torch.jit.save)",
+            ModelFormat.PT2: "a torch.export program (torch.export.save)"}.get(found, found.value)
+
+
+def program_signature(path: Path) -> ProgramSignature:
+    """The calling convention and output types of the .pt2 program at `path`, from the JSON
+    in its archive (loading the program needs its output types registered first)."""
+    with zipfile.ZipFile(path) as archive:
+        name = next(n for n in archive.namelist() if f"/{n}".rsplit("/", 2)[-2] == "models"
+                    and n.endswith(".json"))
+        graph = json.loads(archive.read(name))["graph_module"]
+    root = next(entry["signature"] for entry in graph["module_call_graph"] if entry["fqn"] == "")
+    args, kwargs = json.loads(root["in_spec"])[1]["children_spec"]
+    types: list[str] = []
+    _types(json.loads(root["out_spec"])[1], types)
+    return ProgramSignature(len(args["children_spec"]), tuple(json.loads(kwargs["context"]) or ()),
+                            tuple(types))
+
+
+def _types(spec: dict, found: list[str]) -> None:
+    kind = spec.get("type")
+    if kind and not kind.startswith(("builtins.", "collections.")) and kind not in found:
+        found.append(kind)
+    for child in spec.get("children_spec") or ():
+        _types(child, found)
 
 
 def _is_pickle(head: bytes) -> bool:
@@ -154,7 +246,75 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {detail}"
 
 
-def read_failure(path: Path, error: BaseException) -> InputError:
-    """The error to raise when reading the weights file at `path` failed with `error`."""
-    return InputError(f"model.weights: cannot read {path} as {expected_format(path)}: "
-                      f"{one_line(error)}\n  fix: {fix_hint(path)}")
+def read_failure(path: Path, error: BaseException, found: ModelFormat | None = None) -> InputError:
+    """The error to raise when reading the weights file at `path` (as `found`) failed with `error`."""
+    if found is ModelFormat.TORCHSCRIPT:
+        what, fix = "a TorchScript archive", "torch.jit.save(torch.jit.script(model), path)"
+    elif found is ModelFormat.PT2:
+        what, fix = PT2_FORMAT, "torch.export.save(program, path)"
+    else:
+        return InputError(f"model.weights: cannot read {path} as {expected_format(path)}: "
+                          f"{one_line(error)}\n  fix: {fix_hint(path)}")
+    return InputError(f"model.weights: cannot read {path} as {what}: {one_line(error)}\n  fix: re-download "
+                      f"{path} or re-save it with {fix}, or point model.weights at the right file")
+
+
+def read_torchscript(path: Path) -> Any:
+    """The TorchScript module in a torch.jit.save archive, on the CPU. TorchScript archives
+    hold TorchScript code and tensors; loading them runs no Python code from the file."""
+    import torch
+
+    try:
+        return torch.jit.load(str(path), map_location="cpu")
+    except Exception as error:
+        raise read_failure(path, error, ModelFormat.TORCHSCRIPT) from error
+
+
+def read_program(path: Path) -> tuple[Any, ProgramSignature]:
+    """The module of the torch.export program in a .pt2 file, and how it must be called.
+    The program's output types (dataclasses such as transformers' ModelOutput) must be
+    registered with torch's pytree before it loads: their modules are imported first."""
+    import torch
+
+    try:
+        signature = program_signature(path)
+    except Exception as error:   # not the JSON torch.export.save writes
+        raise read_failure(path, error, ModelFormat.PT2) from error
+    for name in signature.output_types:
+        _register_output_type(name, path)
+    try:
+        program = torch.export.load(path)
+    except Exception as error:
+        raise read_failure(path, error, ModelFormat.PT2) from error
+    return program.module(), signature
+
+
+def _register_output_type(name: str, path: Path) -> None:
+    """Make the pytree type `name` (module.Class) known to torch: import its module (which
+    registers it, as transformers does) or register the dataclass it names."""
+    import dataclasses
+    import importlib
+
+    import torch
+    from torch.utils import _pytree
+
+    if name in _pytree.SERIALIZED_TYPE_TO_PYTHON_TYPE:
+        return
+    parts, found = name.split("."), None
+    for cut in range(len(parts) - 1, 0, -1):   # the longest importable module prefix
+        try:
+            found = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attribute in parts[cut:]:
+            found = getattr(found, attribute, None)
+        break
+    if name in _pytree.SERIALIZED_TYPE_TO_PYTHON_TYPE:
+        return
+    if isinstance(found, type) and dataclasses.is_dataclass(found):
+        if found not in _pytree.SUPPORTED_NODES:
+            torch.export.register_dataclass(found, serialized_type_name=name)
+        return
+    raise InputError(f"model.weights: the program in {path} returns a {name}, which ptflow cannot import "
+                     "to load it\n  fix: install the package (or put the module in the directory you run "
+                     "ptflow from) that defines it")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ptflow.artifact import Artifact, Form
+from ptflow.artifact import RUNNABLE, Artifact, Form
 from ptflow.errors import ConfigError, Problem, invalid_choice
 from ptflow.spec import call
 from ptflow.stage import Environment, RunContext, register_stage
@@ -52,7 +52,17 @@ class CompileStage:
         self.config = config
 
     def consumes(self) -> frozenset[Form]:
-        return frozenset({Form.EAGER, Form.QUANTIZED, Form.EXPORTED})
+        # backend eager changes nothing, so it passes any model on (a TorchScript module too)
+        if self.config.backend == "eager":
+            return RUNNABLE
+        return frozenset({Form.EAGER, Form.QUANTIZED, Form.EXPORTED, Form.PACKED})
+
+    def refusal(self, given: Form) -> str | None:
+        if given is Form.SCRIPTED:
+            return (f"compile.backend={self.config.backend} cannot compile a TorchScript module "
+                    "(torch.compile traces Python code, which a TorchScript archive does not hold): "
+                    "use compile=eager, or load the model from a state_dict or a .pt2 program")
+        return None
 
     def produces(self, given: Form | None) -> Form:
         return given if self.config.backend == "eager" else Form.COMPILED

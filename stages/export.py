@@ -24,7 +24,7 @@ import torch
 from ptflow.artifact import Artifact, Form
 from ptflow.errors import ConfigError, InputError, Problem, invalid_choice
 from ptflow.files import creatable_dir_problem, named_errors, partial_file, write_atomic
-from ptflow.spec import ModelInputs, call, flatten_outputs
+from ptflow.spec import call, export_example, flatten_outputs
 from ptflow.stage import Environment, RunContext, register_stage
 from ptflow.targets import resolve_path
 
@@ -62,7 +62,18 @@ class ExportStage:
         self.config = config
 
     def consumes(self) -> frozenset[Form]:
-        return frozenset({Form.EAGER, Form.QUANTIZED, Form.COMPILED})
+        # an EXPORTED model (a loaded .pt2 program) re-exports; TorchScript cannot be torch.export'ed
+        return frozenset({Form.EAGER, Form.QUANTIZED, Form.COMPILED, Form.EXPORTED})
+
+    def refusal(self, given: Form) -> str | None:
+        if given is Form.SCRIPTED:
+            return (f"export.format={self.config.format} needs torch.export, which cannot trace a TorchScript "
+                    "module: drop 'export' from the pipeline, or load the model from a state_dict or a "
+                    ".pt2 program")
+        if given is Form.PACKED:
+            return (f"export.format={self.config.format} needs torch.export, which cannot trace torch.ao's "
+                    "packed quantized layers: drop 'export', or pick a torchao quantize recipe")
+        return None
 
     def produces(self, given: Form | None) -> Form:
         return Form.EXPORTED
@@ -83,8 +94,9 @@ class ExportStage:
         started = time.perf_counter()
         with torch.inference_mode():
             _register_output_types(call(artifact.module, example))
-        program = torch.export.export(artifact.module, example.args, dict(example.kwargs),
-                                      dynamic_shapes=_dynamic_shapes(artifact), strict=self.config.strict)
+        traced, shapes = export_example(artifact.inputs, example)
+        program = torch.export.export(artifact.module, traced.args, dict(traced.kwargs),
+                                      dynamic_shapes=shapes, strict=self.config.strict)
         target = out_dir / f"{self.config.name}.pt2"
         manifest_path = out_dir / "manifest.json"
         partial_name = out_dir / f".{target.stem}.partial-{os.getpid()}{target.suffix}"  # torch wants .pt2
@@ -147,22 +159,6 @@ def _register_output_types(value: object) -> None:
         return
     for child in children:
         _register_output_types(child)
-
-
-def _dynamic_shapes(artifact: Artifact) -> dict[str, Any] | None:
-    """Dynamic dims from the input spec, keyed by forward() argument name, one Dim per label."""
-    dims: dict[str, torch.export.Dim] = {}
-    shapes: dict[str, Any] = {}
-    for spec in artifact.inputs.tensors:
-        dynamic = spec.dynamic_dims()
-        shapes[spec.name] = {i: dims.setdefault(label, torch.export.Dim(label)) for i, label in dynamic.items()} \
-            if dynamic else None
-    if not any(shapes.values()):
-        return None
-    example: ModelInputs = artifact.example.inputs
-    if example.args and not example.kwargs:
-        return tuple(shapes.values())
-    return shapes
 
 
 def _expected_mb(artifact: Artifact) -> float:

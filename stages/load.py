@@ -1,53 +1,75 @@
-"""load: build the model from a `_target_` builder plus a state_dict file; load eval data."""
+"""load: build the model — a `_target_` builder plus a state_dict file, a TorchScript
+archive or a .pt2 program — safely; load the eval data."""
 from __future__ import annotations
 
-import hashlib
-import inspect
-import json
 import pickle
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ptflow import fidelity
-from ptflow.artifact import Artifact, DataContext, DatasetInfo, Form, TensorInfo
-from ptflow.data import as_split, make_batches
-from ptflow.errors import ConfigError, InputError, Problem
+from ptflow.artifact import Artifact, DataContext, Form
+from ptflow.data import as_split, check_keywords, fit_to_program, forward_names, make_batches
+from ptflow.dataset_info import describe_data
+from ptflow.errors import ConfigError, InputError, Problem, invalid_choice
 from ptflow.spec import Batch
-from ptflow.modelinfo import dtype_of, parameter_count, serialized_size_mb
-from ptflow.stage import Environment, RunContext, ignore_warning, register_stage
-from ptflow.targets import check_target, instantiate, resolve_path
-from ptflow.weights import (SAFETENSORS, TORCH_FORMATS, expected_format, file_problem, fix_hint,
-                            read_failure)
+from ptflow.modelinfo import dtype_of, parameter_count, model_size_mb
+from ptflow.stage import Environment, Note, RunContext, ignore_warning, register_stage
+from ptflow.targets import check_target, instantiate, resolve_path, traits_of
+from ptflow.weights import (SAFETENSORS, TORCH_FORMATS, ModelFormat, ProgramSignature, describe_format,
+                            expected_format, file_problem, fix_hint, read_failure, read_program,
+                            read_torchscript, sniff)
 
 SHOWN_KEYS = 8
 # Texts of torch's weights-only unpickler that mean a damaged stream, not a refused object.
 CORRUPT_PICKLE = ("Unsupported operand", "String is too long", "persistent_load id",
                   "unsupported persistent id")
 Warn = Callable[[str, str], None]
+# Files that hold their architecture with their weights: no builder, and a form of their own.
+FORMS = {ModelFormat.TORCHSCRIPT: Form.SCRIPTED, ModelFormat.PT2: Form.EXPORTED}
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     builder: dict[str, Any] | None = None  # `_target_` node building the architecture
-    weights: str | None = None             # .safetensors or .pt/.pth/.bin/.ckpt; pkg://pkg/file ships in a package
+    weights: str | None = None             # .safetensors or .pt/.pth/.bin/.ckpt/.pt2; pkg://pkg/file ships in a package
+    format: ModelFormat = ModelFormat.AUTO  # what weights holds: auto (read from the file), state_dict, torchscript, pt2, pickle
     strict: bool = True                    # every key must match, both ways
     state_dict_key: str | None = None      # entry of a checkpoint dict that holds the state_dict
     trust_pickle: bool = False             # opt in: unpickle a full model (runs code from the file)
     output_key: str | None = None          # the task output among the model's outputs; null = the first
 
     def __post_init__(self) -> None:
-        if self.builder is None and not (self.trust_pickle and self.weights):
+        if not isinstance(self.format, ModelFormat):   # built in Python with a plain string
+            if self.format not in {f.value for f in ModelFormat}:
+                raise invalid_choice("format", self.format, [f.value for f in ModelFormat])
+            object.__setattr__(self, "format", ModelFormat(self.format))
+        kind = self.format
+        if kind in (*FORMS, ModelFormat.PICKLE) and not self.weights:
+            raise ConfigError.single("weights", self.weights, f"the file to load with model.format={kind}")
+        if kind in FORMS and self.builder is not None:
+            raise ConfigError.single("builder", _target_name(self.builder), f"null with model.format={kind}",
+                                     "the file holds the architecture with the weights: set model.builder=null")
+        if kind is ModelFormat.PICKLE and not self.trust_pickle:
+            raise ConfigError.single("trust_pickle", False, "true with model.format=pickle",
+                                     "unpickling runs code from the file: set it only for a file you trust")
+        if self.weights and self.weights.endswith(SAFETENSORS) and kind not in (ModelFormat.AUTO,
+                                                                               ModelFormat.STATE_DICT):
+            raise ConfigError.single("format", kind.value, "auto or state_dict for a .safetensors file",
+                                     "safetensors files hold tensors only")
+        if self.builder is None and (not self.weights or kind is ModelFormat.STATE_DICT):
             raise ConfigError.single("builder", None, "a `_target_` node that builds the model",
-                                     "or load a full pickled model with weights=<file> and trust_pickle=true")
+                                     "or set model.weights to a TorchScript archive, a .pt2 program, or a "
+                                     "pickled model (with trust_pickle=true)")
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: dict[str, Any]                 # `_target_` returning ptflow.data.Split or (inputs, targets)
+    source: dict[str, Any]                 # `_target_` returning a Split, (inputs, targets), a Dataset or a DataLoader
     calibration: dict[str, Any] | None = None  # `_target_` node for calibration/QAT data, never the eval rows
     batch_size: int = 150
     max_batches: int | None = None
@@ -69,6 +91,13 @@ class LoadConfig:
     data: DataConfig
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    module: Any
+    format: ModelFormat
+    signature: ProgramSignature | None = None   # how a .pt2 program must be called
+
+
 @register_stage("load", config=LoadConfig, keys=("model", "data"))
 class LoadStage:
     """Build the model and load its weights (safely); cut the eval data into batches."""
@@ -83,71 +112,123 @@ class LoadStage:
         return frozenset()
 
     def produces(self, given: Form | None) -> Form:
-        return Form.EAGER
+        return FORMS.get(self.model_format, Form.EAGER)
+
+    @cached_property
+    def model_format(self) -> ModelFormat:
+        """What model.weights holds: as configured, or read from the file's zip directory
+        (a state_dict when there is no file or it cannot be read: the pre-flight says why)."""
+        return _file_format(self.config.model) or ModelFormat.STATE_DICT
+
+    def explain(self, env: Environment) -> list[Note]:
+        if self.model_format in FORMS:
+            return [Note(f"model.weights is {describe_format(self.model_format)}: it is the baseline, "
+                         f"as loaded ({self.produces(None)})")]
+        return []
 
     def preflight(self, env: Environment) -> list[Problem]:
-        model = self.config.model
-        problems = check_target(self.config.data.source, "data.source")
-        if self.config.data.calibration is not None:
-            problems += check_target(self.config.data.calibration, "data.calibration")
+        model, data = self.config.model, self.config.data
+        problems = check_target(data.source, "data.source")
+        if data.calibration is not None:
+            problems += check_target(data.calibration, "data.calibration")
+        no_targets = traits_of(data.source).no_targets
+        why = no_targets(_arguments(data.source)) if no_targets and data.metric is not None else None
+        if why:
+            problems.append(Problem("data.metric", data.metric, "null for data without targets", why))
         if model.builder is not None:
             problems += check_target(model.builder, "model.builder")
         if model.weights:
-            problems += _weights_file_problems(model.weights)
+            problems += _weights_file_problems(model)
         return problems
 
     def run(self, artifact: Artifact | None, ctx: RunContext) -> Artifact:
         data = self.config.data
-        split = as_split(instantiate(data.source))
+        if traits_of(data.source).synthetic:
+            ctx.warn("data.synthetic", f"data.source ({_target_name(data.source)}) makes up random inputs "
+                                       "without targets: this run's numbers are latency and baseline-vs-"
+                                       "optimized agreement only, with no task metric; real inputs may "
+                                       "take other paths through the model")
+        limit = data.batch_size * data.max_batches if data.max_batches else None
+        split = as_split(instantiate(data.source), limit, "data.source")
         batches = tuple(Batch(b.inputs.map(lambda t: t.to(ctx.device)), b.target)
                         for b in make_batches(split, data.batch_size, data.max_batches))
-        module = build_model(self.config.model, ctx.warn).to(ctx.device).eval().requires_grad_(False)
-        arg_names = [p for p in inspect.signature(module.forward).parameters if p != "self"]
+        loaded = load_model(self.config.model, ctx.warn)
+        module = _for_inference(loaded.module, ctx.device)
+        arg_names = forward_names(module)
+        if loaded.signature is not None:   # a .pt2 program takes its inputs as it was exported with
+            batches = fit_to_program(batches, arg_names, loaded.signature.positional, loaded.signature.keywords,
+                                     f"the program in {self.config.model.weights}")
+        else:
+            check_keywords(module, arg_names, batches[0].inputs)
         spec = batches[0].inputs.spec(arg_names, dynamic_batch=data.dynamic_batch)
         dataset = describe_data(data.source, batches, arg_names, DataContext.EVAL)
         return Artifact(
-            model=module, form=Form.EAGER, module=module, inputs=spec, batches=batches,
-            device=ctx.device, dtype=dtype_of(module), output_key=self.config.model.output_key,
+            model=module, form=FORMS.get(loaded.format, Form.EAGER), module=module, inputs=spec,
+            batches=batches, device=ctx.device, dtype=dtype_of(module),
+            output_key=self.config.model.output_key,
             task_metric=data.metric,
             settings=dict(ctx.settings),
             calibration=data.calibration,
             datasets=(dataset,),
             metrics={"load.parameters": float(parameter_count(module)),
-                     "load.size_mb": serialized_size_mb(module),
+                     "load.size_mb": model_size_mb(module),
                      "load.eval_examples": float(sum(b.inputs.batch_size() for b in batches)),
                      "load.batches": float(len(batches))},
         )
 
 
-def describe_data(source: Mapping[str, Any], batches: Sequence[Batch], arg_names: Sequence[str],
-                  context: DataContext) -> DatasetInfo:
-    """Name, source, digest and schema of the rows in `batches` (what the tracker logs as a
-    data set). The digest covers the bytes of every input and target, column by column, so
-    it does not depend on the batch size."""
-    named = [batch.inputs.named(arg_names) for batch in batches]
-    inputs = tuple(TensorInfo(name, _dtype(t.dtype), (-1, *t.shape[1:])) for name, t in named[0])
-    labels = [torch.as_tensor(b.target) for b in batches] if batches[0].target is not None else []
-    targets = TensorInfo("targets", _dtype(labels[0].dtype), (-1, *labels[0].shape[1:])) if labels else None
-    digest = hashlib.sha256(json.dumps([asdict(c) for c in (*inputs, targets) if c]).encode())
-    for column in range(len(inputs)):
-        for leaves in named:
-            digest.update(_raw_bytes(leaves[column][1]))
-    for label in labels:
-        digest.update(_raw_bytes(label))
-    target = str(source.get("_target_", "data"))
-    arguments = ", ".join(f"{key}={value!r}" for key, value in source.items() if key != "_target_")
-    return DatasetInfo(name=target.rsplit(".", 1)[-1], context=context, source=f"{target}({arguments})",
-                       digest=digest.hexdigest(), inputs=inputs, targets=targets,
-                       rows=sum(b.inputs.batch_size() for b in batches))
+def _target_name(node: Mapping[str, Any] | None) -> str:
+    return str(node.get("_target_")) if isinstance(node, Mapping) else str(node)
 
 
-def _raw_bytes(tensor: torch.Tensor) -> Any:
-    """The tensor's elements as a flat uint8 array (any dtype, bfloat16 included)."""
-    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+def _arguments(node: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in node.items() if not k.startswith("_")}
 
 
-def _weights_file_problems(text: str) -> list[Problem]:
-    """Pre-flight of model.weights: the file exists, has a known suffix and looks like one."""
+def _for_inference(module: Any, device: str) -> Any:
+    """On `device`, in eval mode, without gradients (also TorchScript modules, which refuse
+    Module.requires_grad_)."""
+    module = module.to(device)
+    try:
+        module = module.eval()
+    except NotImplementedError:   # a .pt2 program's module: it keeps the mode it was exported in
+        pass
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    return module
+
+
+def _file_format(model: ModelConfig) -> ModelFormat | None:
+    """model.format, or for auto the format read from the file (None: no file, or unreadable)."""
+    if model.format is not ModelFormat.AUTO:
+        return model.format
+    if not model.weights:
+        return None
+    try:
+        return sniff(resolve_path(model.weights))
+    except FileNotFoundError:   # pkg:// of a package that is not installed
+        return None
+
+
+def _builder_problem(model: ModelConfig, path: Path, found: ModelFormat) -> Problem | None:
+    """A builder where the file brings its own architecture, or none where it needs one."""
+    if found in FORMS and model.builder is not None:
+        return Problem("model.builder", _target_name(model.builder), f"null: {path} is {describe_format(found)}",
+                       "the file holds the architecture with the weights, so the builder would go "
+                       "unused: set model.builder=null")
+    if found in (ModelFormat.STATE_DICT, ModelFormat.PICKLE) and model.builder is None and (
+            not model.trust_pickle or path.suffix in SAFETENSORS):
+        return Problem("model.builder", None, "a `_target_` node that builds the model",
+                       f"{path} holds a state_dict (tensors only): model.builder makes the module it loads "
+                       "into" + ("" if path.suffix in SAFETENSORS else "; a whole model saved with "
+                                 "torch.save(model) loads with model.trust_pickle=true, for a file you trust"))
+    return None
+
+
+def _weights_file_problems(model: ModelConfig) -> list[Problem]:
+    """Pre-flight of model.weights: the file exists, has a known suffix, looks like one, and
+    holds what model.format and model.builder expect."""
+    text = model.weights
     try:
         path = resolve_path(text)
     except FileNotFoundError as error:   # pkg:// of a package that is not installed
@@ -158,22 +239,43 @@ def _weights_file_problems(text: str) -> list[Problem]:
         return [Problem("model.weights", text,
                         "a file ending in " + ", ".join(SAFETENSORS + TORCH_FORMATS))]
     defect = file_problem(path)
-    if defect is None:
-        return []
-    return [Problem("model.weights", text, expected_format(path), f"{defect}; fix: {fix_hint(path)}")]
+    if defect is not None:
+        return [Problem("model.weights", text, expected_format(path), f"{defect}; fix: {fix_hint(path)}")]
+    found = sniff(path) or ModelFormat.STATE_DICT
+    wanted = model.format
+    if wanted is not ModelFormat.AUTO and found is not (
+            ModelFormat.STATE_DICT if wanted is ModelFormat.PICKLE else wanted):
+        return [Problem("model.format", wanted.value, f"the format of model.weights ({path})",
+                        f"the file is {describe_format(found)}: set model.format={found.value} or auto")]
+    problem = _builder_problem(model, path, found)
+    return [problem] if problem else []
 
 
-def build_model(config: ModelConfig, warn: Warn = ignore_warning) -> torch.nn.Module:
-    """The builder's module with the weights file loaded; `warn(key, message)` hears of casts
-    and skipped keys, which load_state_dict does silently."""
+def load_model(config: ModelConfig, warn: Warn = ignore_warning) -> LoadedModel:
+    """The model as model.format (or the file) says: a TorchScript module, a .pt2 program's
+    module, or the builder's module with the weights file loaded. `warn(key, message)` hears
+    of casts and skipped keys, which load_state_dict does silently."""
     if config.weights is None:
-        warn("load.weights", "model.weights is null: using the parameters model.builder creates "
-                             "(random unless the builder loads weights itself)")
-        return instantiate(config.builder)
+        if not traits_of(config.builder).loads_weights:
+            warn("load.weights", "model.weights is null: using the parameters model.builder creates "
+                                 "(random unless the builder loads weights itself)")
+        return LoadedModel(instantiate(config.builder), ModelFormat.STATE_DICT)
     path = resolve_path(config.weights)
+    found = _file_format(config) or ModelFormat.STATE_DICT
+    conflict = _builder_problem(config, path, found) if found in FORMS else None
+    if conflict is not None:
+        raise InputError(f"model.builder: expected {conflict.expected}; {conflict.hint}")
+    if found is ModelFormat.TORCHSCRIPT:
+        return LoadedModel(read_torchscript(path), found)
+    if found is ModelFormat.PT2:
+        module, signature = read_program(path)
+        return LoadedModel(module, found, signature)
     loaded = read_weights(path, config.trust_pickle)
     if isinstance(loaded, torch.nn.Module):
-        return loaded
+        return LoadedModel(loaded, ModelFormat.PICKLE)
+    if config.format is ModelFormat.PICKLE or config.builder is None:
+        raise InputError(f"model.weights: {path} holds a {type(loaded).__name__}, not a pickled model; "
+                         "set model.builder to the architecture its weights belong to (and model.format=auto)")
     state = select_state_dict(loaded, config.state_dict_key, path)
     module = instantiate(config.builder)
     missing, unexpected = check_keys(module, state, config.strict, path)
@@ -183,7 +285,12 @@ def build_model(config: ModelConfig, warn: Warn = ignore_warning) -> torch.nn.Mo
     if casts:
         warn("load.dtype", casts)
     module.load_state_dict(state, strict=config.strict)
-    return module
+    return LoadedModel(module, ModelFormat.STATE_DICT)
+
+
+def build_model(config: ModelConfig, warn: Warn = ignore_warning) -> torch.nn.Module:
+    """The loaded model's module (see load_model)."""
+    return load_model(config, warn).module
 
 
 def read_weights(path: Path, trust_pickle: bool) -> Any:

@@ -34,7 +34,8 @@ class ValidateStage:
         self.config = config
 
     def consumes(self) -> frozenset[Form]:
-        return frozenset({Form.EAGER})  # the baseline must be the unoptimized model
+        # the baseline must be the unoptimized model: as built, or a loaded TorchScript/.pt2 file
+        return frozenset({Form.EAGER, Form.SCRIPTED, Form.EXPORTED})
 
     def produces(self, given: Form | None) -> Form:
         return given
@@ -59,7 +60,7 @@ class ValidateStage:
                                      f"{reference_shapes}, batch {index} gave {shapes}")
                 reference_shapes = shapes
                 task = _task_output(result, artifact.output_key)
-                self._check_shape(task, batch.inputs.batch_size(), index)
+                self._check_shape(task, leaves, batch.inputs.batch_size(), index)
                 if artifact.task_metric is not None:
                     fidelity.check_metric_inputs(artifact.task_metric, task, batch.target, index)
                 outputs.append(fidelity.detach_leaves(leaves))
@@ -71,9 +72,12 @@ class ValidateStage:
             metrics[f"validate.{artifact.task_metric}"] = metric
         return artifact.evolve(baseline=baseline).with_metrics(metrics)
 
-    def _check_shape(self, task: torch.Tensor, batch_size: int, index: int) -> None:
+    def _check_shape(self, task: torch.Tensor, leaves: list[tuple[str, torch.Tensor]], batch_size: int,
+                     index: int) -> None:
         shape = tuple(task.shape)
-        if not shape or shape[0] != batch_size:
+        if not shape:
+            raise InputError(_scalar_output_message(task, leaves, batch_size))
+        if shape[0] != batch_size:
             raise InputError(f"the task output has shape {shape} on eval batch {index}; expected the "
                              f"batch dim first ({batch_size}, ...)")
         wanted = self.config.output_shape
@@ -81,6 +85,23 @@ class ValidateStage:
                                    or any(w is not None and w != s for w, s in zip(wanted, shape))):
             raise InputError(f"the task output has shape {shape}; validate.output_shape expects "
                              f"{[w for w in wanted]} (null = any size)")
+
+
+def _scalar_output_message(task: torch.Tensor, leaves: list[tuple[str, torch.Tensor]], batch_size: int) -> str:
+    """Why a 0-dim task output is wrong, and which model.output_key would fix it. A model
+    given labels (a Hugging Face model called with `labels`) returns its loss first."""
+    path = next((p for p, t in leaves if t is task), "output")
+    outputs = ", ".join(p.removeprefix("output.") for p, _ in leaves)
+    per_example = [p.removeprefix("output.") for p, t in leaves if t.dim() and t.shape[0] == batch_size]
+    lossy = path.rsplit(".", 1)[-1].lower().endswith("loss")
+    text = (f"the task output {path} is a 0-dim tensor (one number for the whole batch), not one result per "
+            "example" + (": a loss. A model returns its loss first when its inputs include labels (e.g. a "
+                         "Hugging Face model given `labels`)" if lossy else ""))
+    fix = (f"set model.output_key to a per-example output, e.g. model.output_key={per_example[0]}"
+           if per_example else "make the model return per-example outputs (batch dim first)")
+    if lossy:
+        fix += "; or return the labels as the data's targets rather than as a model input"
+    return f"{text}; the model's outputs are: {outputs}.\n  fix: {fix}"
 
 
 def _check_finite(leaves: list[tuple[str, torch.Tensor]], index: int) -> None:

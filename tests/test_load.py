@@ -11,7 +11,7 @@ from ptflow.errors import ConfigError, InputError
 from ptflow.stage import Environment
 from ptflow.targets import resolve_path
 from ptflow.zoo.digits import DigitsMLP
-from ptflow.stages.load import LoadConfig, LoadStage, ModelConfig, build_model
+from ptflow.stages.load import DataConfig, LoadConfig, LoadStage, ModelConfig, build_model
 
 BUILDER = {"_target_": "ptflow.zoo.digits.DigitsMLP"}
 BUNDLED = resolve_path("pkg://ptflow.zoo/digits_mlp.safetensors")
@@ -79,9 +79,19 @@ def test_ddp_prefix_gets_a_hint(tmp_path):
         _model(tmp_path / "ddp.pt")
 
 
-def test_a_model_config_needs_a_builder_unless_a_trusted_pickle():
+def test_a_model_config_needs_a_builder_unless_the_file_brings_its_architecture():
     with pytest.raises(ConfigError, match="builder"):
-        ModelConfig(builder=None, weights="x.pt")
+        ModelConfig(builder=None, weights=None)
+    with pytest.raises(ConfigError, match="builder"):
+        ModelConfig(builder=None, weights="x.pt", format="state_dict")
+
+
+def test_a_state_dict_without_a_builder_is_caught_before_loading():
+    """With model.format=auto only the file can say whether it needs a builder."""
+    config = LoadConfig(model=ModelConfig(builder=None, weights=str(BUNDLED)),
+                        data=DataConfig(source={"_target_": "ptflow.zoo.digits.digits_split"}))
+    (problem,) = LoadStage(config).preflight(Environment("cpu"))
+    assert problem.key == "model.builder" and "holds a state_dict" in problem.hint
 
 
 def test_preflight_checks_targets_and_their_arguments():
@@ -94,3 +104,16 @@ def test_preflight_checks_targets_and_their_arguments():
     rendered = [p.render() for p in LoadStage(config).preflight(Environment("cpu"))]
     assert any("did you mean 'DigitsMLP'" in r for r in rendered)
     assert any("data.source.splitt" in r and "did you mean 'split'" in r for r in rendered)
+
+
+@pytest.mark.parametrize("fields, key", [
+    ({"builder": BUILDER, "weights": "m.pt", "format": "torchscript"}, "builder"),
+    ({"builder": None, "weights": None, "format": "pt2"}, "weights"),
+    ({"builder": None, "weights": "m.pt", "format": "pickle"}, "trust_pickle"),
+    ({"builder": None, "weights": "m.safetensors", "format": "torchscript"}, "format"),
+    ({"builder": BUILDER, "weights": "m.pt", "format": "jit"}, "format"),
+], ids=["builder-with-torchscript", "pt2-without-file", "pickle-untrusted", "safetensors-as-jit", "unknown"])
+def test_model_format_combinations_that_cannot_work(fields, key):
+    with pytest.raises(ConfigError) as caught:
+        ModelConfig(**fields)
+    assert caught.value.problems[0].key == key

@@ -211,7 +211,7 @@ def test_the_eval_data_is_logged_as_a_dataset_with_source_digest_and_schema(trac
 def test_the_digest_names_the_data_not_the_batching():
     from ptflow.data import make_batches
     from ptflow.zoo.digits import digits_split
-    from stages.load import describe_data
+    from ptflow.dataset_info import describe_data
     from ptflow.artifact import DataContext
 
     split, source = digits_split(), {"_target_": "ptflow.zoo.digits.digits_split"}
@@ -324,5 +324,5 @@ def test_metric_keys_group_by_stage_in_mlflow_only(tracked):
     assert mlflow_metric_key("benchmark.candidate.p50_ms") == "benchmark/candidate.p50_ms"
     assert set(run.data.metrics) == {mlflow_metric_key(k) for k in record.metrics}
     assert run.data.metrics["benchmark/speedup_p50"] == pytest.approx(record.metrics["benchmark.speedup_p50"])
-    assert {k.split("/")[0] for k in run.data.metrics} == {"load", "validate", "quantize", "benchmark"}
+    assert {k.split("/")[0] for k in run.data.metrics} == {"load", "validate", "quantize", "benchmark", "accuracy"}
     assert all("/" not in k for k in record.metrics)                 # ptflow's own record keeps dots
