@@ -7,6 +7,7 @@ with a message instead of a confident 0.0.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -112,9 +113,15 @@ def top1_accuracy(outputs: Sequence[Any], targets: Sequence[Any]) -> float:
 
 def agreement(baseline: Sequence[Sequence[tuple[str, Any]]], candidate: Sequence[Sequence[tuple[str, Any]]],
               baseline_task: Sequence[Any], candidate_task: Sequence[Any]) -> dict[str, float]:
-    """Max/mean abs error over every output leaf, and top-1 agreement of the task output
-    when it holds class scores (batch, classes >= 2); no arg-max across any other dim."""
-    max_abs, abs_sum, count = 0.0, 0.0, 0
+    """How far the candidate's outputs moved from the baseline's, on every eval batch.
+
+    Over all output leaves: ``max_abs_error``, ``mean_abs_error``; per leaf (``fidelity.<leaf>.*``):
+    max/mean/p99 of the absolute and the relative error, and the cosine similarity; and
+    ``top1_agreement`` of the task output when it holds class scores (batch, classes >= 2).
+    """
+    import torch
+
+    per_leaf: dict[str, list[tuple[Any, Any]]] = {}
     for base_leaves, cand_leaves in zip(baseline, candidate):
         if [p for p, _ in base_leaves] != [p for p, _ in cand_leaves]:
             raise ValueError("the optimized model's outputs differ in structure from the baseline's: "
@@ -122,11 +129,20 @@ def agreement(baseline: Sequence[Sequence[tuple[str, Any]]], candidate: Sequence
         for (path, base), (_, cand) in zip(base_leaves, cand_leaves):
             if base.shape != cand.shape:
                 raise ValueError(f"{path}: shape {tuple(cand.shape)} differs from the baseline's {tuple(base.shape)}")
-            diff = (cand.detach().float().cpu() - base.float()).abs()
-            max_abs = max(max_abs, float(diff.max())) if diff.numel() else max_abs
-            abs_sum += float(diff.sum())
-            count += diff.numel()
-    result = {"max_abs_error": max_abs, "mean_abs_error": abs_sum / count if count else 0.0}
+            per_leaf.setdefault(path, []).append((base.float().reshape(-1), cand.detach().float().cpu().reshape(-1)))
+    result: dict[str, float] = {}
+    max_abs, abs_sum, count = 0.0, 0.0, 0
+    for path, pairs in per_leaf.items():
+        base = torch.cat([b for b, _ in pairs])
+        cand = torch.cat([c for _, c in pairs])
+        stats = leaf_errors(base, cand)
+        result.update({f"fidelity.{path}.{name}": value for name, value in stats.items()})
+        diff = (cand - base).abs()
+        if diff.numel():
+            max_abs = max(max_abs, float(diff.max()))
+        abs_sum += float(diff.double().sum())
+        count += diff.numel()
+    result.update({"max_abs_error": max_abs, "mean_abs_error": abs_sum / count if count else 0.0})
     if baseline_task and all(class_scores_problem(t) is None for t in baseline_task):
         same = total = 0
         for base, cand in zip(baseline_task, candidate_task):
@@ -134,6 +150,38 @@ def agreement(baseline: Sequence[Sequence[tuple[str, Any]]], candidate: Sequence
             total += base.shape[0]
         result["top1_agreement"] = same / total if total else float("nan")
     return result
+
+
+REL_FLOOR = 1e-3   # relative errors divide by max(|baseline|, REL_FLOOR * max |baseline| of the leaf)
+
+
+def leaf_errors(base: Any, cand: Any) -> dict[str, float]:
+    """Error statistics of one output leaf (flat float tensors of equal length).
+
+    The relative error of an element is |candidate - baseline| / max(|baseline|, floor),
+    with floor = REL_FLOOR x the leaf's largest |baseline|, so entries near zero do not
+    turn a tiny absolute error into an enormous relative one."""
+    import torch
+
+    if base.numel() == 0:
+        return {}
+    diff = (cand - base).abs()
+    floor = max(float(base.abs().max()) * REL_FLOOR, torch.finfo(torch.float32).tiny)
+    rel = diff / base.abs().clamp_min(floor)
+    norms = float(base.double().norm()) * float(cand.double().norm())
+    cosine = float((base.double() @ cand.double()) / norms) if norms else (1.0 if float(diff.max()) == 0 else 0.0)
+    cosine = min(1.0, max(-1.0, cosine))   # rounding may step past the bounds
+    return {"max_abs_error": float(diff.max()), "mean_abs_error": float(diff.double().mean()),
+            "p99_abs_error": _quantile(diff, 0.99), "max_rel_error": float(rel.max()),
+            "mean_rel_error": float(rel.double().mean()), "p99_rel_error": _quantile(rel, 0.99),
+            "cosine": cosine}
+
+
+def _quantile(values: Any, q: float) -> float:
+    """The q-quantile (nearest rank), for tensors of any size (torch.quantile stops at 16M)."""
+    flat = values.reshape(-1)
+    rank = max(1, min(flat.numel(), math.ceil(q * flat.numel())))
+    return float(flat.kthvalue(rank).values)
 
 
 def detach_leaves(leaves: Sequence[tuple[str, Any]]) -> tuple[tuple[str, Any], ...]:

@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from ptflow import device, engine, fidelity, lifecycle, naming, objective, summary
+from ptflow import device, engine, lifecycle, naming, objective, summary
 from ptflow.errors import ConfigError, PtflowError, first_line
 from ptflow.files import describe_no_space, no_space, write_atomic
 from ptflow.naming import JobInfo
@@ -74,9 +74,7 @@ def run(config: dict[str, Any], config_yaml: str, choices: dict[str, str], overr
             # relative to where the user ran ptflow, also when hydra.job.chdir=true moved the job
             tracker = MlflowTracker(settings.tracking, resolve_path(settings.outputs_dir), record)
         artifact = engine.run(plan, ctx, [record, tracker] if tracker else [record])
-        record.objective, why_not = objective.value(
-            artifact.metrics, settings.objective, settings.accuracy_budget, artifact.task_metric,
-            fidelity.metric(artifact.task_metric).higher_is_better if artifact.task_metric else True)
+        record.objective, why_not = objective.value(artifact.metrics, settings.objective, artifact.tags)
         if why_not:
             warn("objective", why_not)
         record.summary = summary.build(artifact, choices, run_dir, time.perf_counter() - started, record)

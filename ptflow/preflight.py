@@ -124,7 +124,7 @@ def _check_multirun(config: Any) -> None:
     if not basic:   # the sweeper optimises the objective: every probe must produce it
         for job in jobs:
             settings = job.plan.settings
-            for problem in objective.problems(settings.objective, None, settings.pipeline, job.config, True):
+            for problem in objective.problems(settings.objective, settings.pipeline, True):
                 failures.setdefault(problem.render(), (problem, []))[1].append(" ".join(job.overrides))
     if failures:
         several = len(listed) > 1

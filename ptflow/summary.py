@@ -43,8 +43,13 @@ def build(artifact: Artifact, choices: Mapping[str, str], run_dir: Path, wall_s:
                                   "delta": m.get(f"benchmark.{name}_delta")}
     summary["agreement"] = {k: m[f"benchmark.{k}"] for k in ("max_abs_error", "top1_agreement")
                             if f"benchmark.{k}" in m}
-    after = next((m[k] for k in ("export.size_mb", "quantize.size_mb") if k in m), None)
-    summary["size_mb"] = {"before": m.get("load.size_mb"), "after": after}
+    # before and after measured the same way (the tensors the model computes with, as
+    # torch.save writes them); the export file's own size is reported next to it
+    summary["size_mb"] = {"before": m.get("quantize.size_mb_before", m.get("load.size_mb")),
+                          "after": m.get("quantize.size_mb", m.get("load.size_mb")),
+                          "export_file": m.get("export.size_mb")}
+    if "accuracy.accepted" in m:
+        summary["accepted"] = bool(m["accuracy.accepted"])
     if m.get("compile.compile_s"):
         summary["compile_s"] = m["compile.compile_s"]
     return summary
@@ -68,6 +73,8 @@ def one_line(summary: Mapping[str, Any]) -> str:
     task = summary.get("task_metric") or {}
     if task.get("delta") is not None:
         parts.append(f"{task['name']} {task['delta']:+.4f}")
+    if summary.get("accepted") is False:
+        parts.append("REJECTED by the accuracy gate")
     if summary.get("unstable"):
         parts.append("UNSTABLE timings")
     return " · ".join(parts)
@@ -90,6 +97,8 @@ def render(summary: Mapping[str, Any], mlflow_complete: bool = True) -> str:
     task = summary.get("task_metric")
     if task:
         delta = f"   delta {task['delta']:+.4f}" if task.get("delta") is not None else ""
+        if "accepted" in summary:
+            delta += "   accepted" if summary["accepted"] else "   REJECTED (accuracy.max_drop)"
         lines.append(f"  {task['name']:<20}{_num(task['baseline'], 4):>12}{_num(task['optimized'], 4):>12}{delta}")
     agreement = summary["agreement"]
     if agreement:
@@ -105,6 +114,8 @@ def render(summary: Mapping[str, Any], mlflow_complete: bool = True) -> str:
     size = summary["size_mb"]
     if size["before"] is not None:
         lines.append(f"  {'model size (MB)':<20}{_num(size['before'], 2):>12}{_num(size['after'], 2):>12}")
+    if size.get("export_file") is not None:
+        lines.append(f"  {'export file (MB)':<20}{'':>12}{size['export_file']:>12.2f}")
     if summary.get("compile_s"):
         lines.append(f"  {'compile time (s)':<20}{'':>12}{summary['compile_s']:>12.2f}")
     for path in summary["exports"]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from ptflow import fidelity, measure
+from ptflow.accuracy import AccuracyConfig, judge
 from ptflow.artifact import RUNNABLE, Artifact, Form
 from ptflow.errors import ConfigError, InputError, Problem
 from ptflow.files import write_atomic
@@ -37,15 +38,25 @@ class BenchmarkConfig:
             raise ConfigError.single("rounds", self.rounds, f"at most iters ({self.iters})")
 
 
-@register_stage("benchmark", config=BenchmarkConfig)
+@dataclass(frozen=True)
+class BenchmarkStageConfig:
+    benchmark: BenchmarkConfig
+    accuracy: AccuracyConfig
+
+
+@register_stage("benchmark", config=BenchmarkStageConfig, keys=("benchmark", "accuracy"))
 class BenchmarkStage:
-    """Time baseline and candidate the same way (warm-up, alternating rounds, sync); score fidelity."""
+    """Time baseline and candidate alike; score output fidelity; judge the accuracy change.
+
+    Warm-up, alternating rounds and sync make the timings comparable; accuracy.max_drop
+    is the gate."""
 
     requires = frozenset({"baseline"})
     provides = frozenset({"latency"})
 
-    def __init__(self, config: BenchmarkConfig):
-        self.config = config
+    def __init__(self, config: BenchmarkStageConfig):
+        self.config = config.benchmark
+        self.accuracy = config.accuracy
 
     def consumes(self) -> frozenset[Form]:
         return RUNNABLE
@@ -54,6 +65,10 @@ class BenchmarkStage:
         return given
 
     def preflight(self, env: Environment) -> list[Problem]:
+        metric = (env.config.get("data") or {}).get("metric")
+        if self.accuracy.enforce and not (self.config.fidelity and metric):
+            return [Problem("accuracy.enforce", True, "a pipeline that measures the task metric's change: "
+                            "benchmark.fidelity=true and a data.metric", "or set accuracy.enforce=false")]
         return []
 
     def run(self, artifact: Artifact, ctx: RunContext) -> Artifact:
@@ -80,11 +95,31 @@ class BenchmarkStage:
         metrics["benchmark.unstable"] = 1.0 if unstable else 0.0
         if warning:
             ctx.warn("benchmark.unstable", warning)
+        result = artifact
         if cfg.fidelity:
             metrics.update(_fidelity(artifact, ctx))
+            result = self._judge(artifact, metrics, ctx)
         path = ctx.path("benchmark", "latency_samples.json")
         write_atomic(path, json.dumps({name: [s * 1e3 for s in values] for name, values in samples.items()}))
-        return artifact.with_metrics(metrics).with_files({"latency_samples": path})
+        return result.with_metrics(metrics).with_files({"latency_samples": path})
+
+    def _judge(self, artifact: Artifact, metrics: dict[str, float], ctx: RunContext) -> Artifact:
+        """The accuracy gate: tag accepted=true|false; with accuracy.enforce, reject the run."""
+        baseline = artifact.baseline
+        if baseline is None or baseline.metric_name is None:
+            return artifact
+        name = baseline.metric_name
+        verdict = judge(self.accuracy, name, baseline.metric, metrics[f"benchmark.{name}"],
+                        fidelity.metric(name).higher_is_better)
+        metrics.update(verdict.metrics())
+        tagged = artifact.with_tags({"accepted": "true" if verdict.accepted else "false"})
+        if verdict.accepted:
+            return tagged
+        if self.accuracy.enforce:
+            return tagged.evolve(rejected=f"accuracy gate: {verdict.explain()}; the recipe is rejected "
+                                          "and nothing is exported (accuracy.enforce=true)")
+        ctx.warn("accuracy", f"{verdict.explain()}: tagged accepted=false")
+        return tagged
 
 
 def stability(stats: Mapping[str, measure.LatencyStats], max_dispersion: float,

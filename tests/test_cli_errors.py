@@ -29,7 +29,7 @@ def _assert_rejected(result, *needles):
 
 def test_unknown_group_option_suggests_the_right_one(ptflow):
     _assert_rejected(ptflow("quantize=int8_dynamik"), "quantize", "int8_dynamik",
-                     "did you mean 'int8_dynamic'?", "int8_dynamic, none")
+                     "did you mean 'int8_dynamic'?", "int8_dynamic, int8_qat")
 
 
 def test_unknown_keys_and_wrong_types_are_reported_together(ptflow):

@@ -16,7 +16,8 @@ from ptflow.data import Split, make_batches
 from ptflow.device import DeviceConfig
 from ptflow.errors import ConfigError, InputError
 from ptflow.stage import RunContext
-from ptflow.stages.benchmark import BenchmarkConfig, BenchmarkStage, stability
+from ptflow.accuracy import AccuracyConfig
+from ptflow.stages.benchmark import BenchmarkConfig, BenchmarkStage, BenchmarkStageConfig, stability
 from ptflow.stages.validate import ValidateConfig, ValidateStage
 
 ROWS, FEATURES, CLASSES = 6, 4, 3
@@ -174,7 +175,8 @@ def _benchmarked(tmp_path: Path, samples_ms: dict[str, list[float]], monkeypatch
                         lambda fns, *args, **kwargs: {k: [v / 1e3 for v in samples_ms[k]] for k in fns})
     context = Context(tmp_path)
     validated = ValidateStage(ValidateConfig()).run(_artifact(class_scores, LABELS), context.ctx)
-    stage = BenchmarkStage(BenchmarkConfig(warmup=0, iters=10, rounds=1, fidelity=False))
+    stage = BenchmarkStage(BenchmarkStageConfig(BenchmarkConfig(warmup=0, iters=10, rounds=1, fidelity=False),
+                                               AccuracyConfig()))
     return stage.run(validated, context.ctx), context
 
 
