@@ -32,6 +32,7 @@ class CompileConfig:
     mode: CompileMode = CompileMode.DEFAULT
     fullgraph: bool = False              # fail instead of falling back on graph breaks
     dynamic: bool | None = None          # None: torch decides (recompiles once on a new shape)
+    freezing: bool = True                # inductor: weights as constants (prepacked); PT2E int8 needs it
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -77,6 +78,12 @@ class CompileStage:
         if self.config.backend == "eager":
             return artifact.with_metrics({"compile.compile_s": 0.0})
         torch._dynamo.reset()  # a fresh cache per run: sweep jobs in one process must not share guards
+        # Freezing folds the (never-trained) weights into the graph as constants, so inductor can
+        # prepack them and fuse PT2E's quantize/dequantize pairs into int8 kernels. It is global
+        # inductor config: every run sets it, so sweep jobs in one process do not inherit it.
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = self.config.freezing
         compiled = torch.compile(artifact.model, backend="inductor", mode=self.config.mode.value,
                                  fullgraph=self.config.fullgraph, dynamic=self.config.dynamic)
         started = time.perf_counter()
