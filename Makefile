@@ -24,7 +24,7 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/recipes.py
-	cd bench && ../$(BIN)/python quantize.py && ../$(BIN)/python calibration.py
+	cd bench && ../$(BIN)/python quantize.py && ../$(BIN)/python calibration.py && ../$(BIN)/python compile.py
 	$(BIN)/python bench/cli_startup.py
 	$(BIN)/python bench/faults.py
 

@@ -20,6 +20,8 @@ class Form(str, enum.Enum):
     EXPORTED = "exported"      # a torch.export program, reloaded from its saved file
     SCRIPTED = "scripted"      # a TorchScript module (legacy), e.g. loaded from a jit archive
     PACKED = "packed"          # torch.ao eager quantization (legacy): packed params, no torch.export
+    AOTI = "aoti"              # an AOTInductor package, loaded (compiled C++ and kernels)
+    ORT = "onnxruntime"        # an ONNX file run by an onnxruntime InferenceSession
 
     def __str__(self) -> str:
         return self.value

@@ -1,10 +1,26 @@
-"""compile: hand the model to a registered compiler backend (eager = none, inductor)."""
+"""compile: hand the model to a registered compile backend or runtime.
+
+Adding one: a function decorated with ``@compile_backend(name, ...)`` (in a module of the
+``ptflow.stages`` entry-point group or a ``plugins`` module) plus
+``conf/compile/<name>.yaml`` with ``backend: <name>``. The ones ptflow ships live in
+``compile_inductor`` (eager, inductor, inductor_max_autotune, cudagraphs),
+``compile_legacy`` (torchscript_trace, torchscript_script) and ``compile_runtimes``
+(aoti, onnxruntime).
+
+Build time (``compile.build_s``: tracing, exporting, packaging) and the first, cold call
+(``compile.first_call_s``: where torch.compile compiles) are measured apart from the
+steady-state latency benchmark reports; ``compile.compile_s`` is their sum.
+"""
 from __future__ import annotations
 
+import copy
 import enum
+import os
 import time
-import warnings
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -12,8 +28,7 @@ from ptflow.artifact import RUNNABLE, Artifact, Form
 from ptflow.errors import ConfigError, Problem, invalid_choice
 from ptflow.spec import call
 from ptflow.stage import Environment, RunContext, register_stage
-
-BACKENDS = ("eager", "inductor")
+from ptflow.targets import resolve_path
 
 
 class CompileMode(str, enum.Enum):
@@ -23,75 +38,206 @@ class CompileMode(str, enum.Enum):
     MAX_AUTOTUNE_NO_CUDAGRAPHS = "max-autotune-no-cudagraphs"
 
 
-CUDA_ONLY_MODES = frozenset({CompileMode.REDUCE_OVERHEAD})
+class OrtOptimization(str, enum.Enum):
+    DISABLED = "disabled"
+    BASIC = "basic"
+    EXTENDED = "extended"
+    ALL = "all"
+
+
+@dataclass(frozen=True)
+class OrtConfig:
+    optimization: OrtOptimization = OrtOptimization.ALL   # onnxruntime graph optimization level
+    threads: int | None = None       # intra-op threads; null: device.threads (what torch uses)
+
+    def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError.single("threads", self.threads, "an integer >= 1 or null (device.threads)")
 
 
 @dataclass(frozen=True)
 class CompileConfig:
-    backend: str = "eager"               # eager: no compilation; inductor: torch.compile
-    mode: CompileMode = CompileMode.DEFAULT
+    backend: str = "eager"               # a registered backend: eager, inductor, aoti, onnxruntime, ...
+    mode: CompileMode = CompileMode.DEFAULT   # torch.compile mode (backend inductor only)
     fullgraph: bool = False              # fail instead of falling back on graph breaks
     dynamic: bool | None = None          # None: torch decides (recompiles once on a new shape)
     freezing: bool = True                # inductor: weights as constants (prepacked); PT2E int8 needs it
+    channels_last: bool = False          # conv models: weights (and 4-D inputs) in channels_last
+    cache: bool = True                   # inductor's cache under <outputs_dir>/cache/inductor, shared by runs
+    ort: OrtConfig = field(default_factory=OrtConfig)
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise invalid_choice("backend", self.backend, BACKENDS)
-        if self.backend == "eager" and self.mode is not CompileMode.DEFAULT:
-            raise ConfigError.single("mode", self.mode.value, "'default' with backend 'eager'",
-                                     "modes apply to compile=inductor")
+        if self.backend not in _BACKENDS:
+            raise invalid_choice("backend", self.backend, sorted(_BACKENDS))
+        if self.backend != "inductor" and self.mode is not CompileMode.DEFAULT:
+            raise ConfigError.single("mode", self.mode.value, f"'default' with backend '{self.backend}'",
+                                     "modes apply to compile=inductor (or pick compile=inductor_max_autotune, "
+                                     "compile=cudagraphs)")
+
+
+@dataclass
+class CompileJob:
+    """What a backend function gets."""
+
+    model: Any                 # the runnable so far (an nn.Module, or a quantized/exported one)
+    module: Any                # the nn.Module it came from
+    artifact: Artifact
+    config: CompileConfig
+    ctx: RunContext
+    out_dir: Path              # where a backend may write what it builds (<run dir>/compile)
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    build: Callable[[CompileJob], Any]   # returns the runnable; lazy compilers compile on first call
+    form: Form
+    summary: str
+    devices: frozenset[str]
+    accepts: frozenset[Form]
+    refusals: dict[Form, str]
+    inductor: bool                       # uses inductor (freezing, cache apply)
+
+
+_BACKENDS: dict[str, Backend] = {}
+
+
+def compile_backend(name: str, *, summary: str, form: Form = Form.COMPILED,
+                    devices: Sequence[str] = ("cpu", "cuda"), accepts: frozenset[Form] = RUNNABLE,
+                    refusals: dict[Form, str] | None = None, inductor: bool = False):
+    """Register fn(CompileJob) -> runnable as compile.backend=`name`. `refusals` says, per
+    form it does not accept, why (the plan's hint)."""
+
+    def decorate(fn):
+        _BACKENDS[name] = Backend(name, fn, form, summary, frozenset(devices), accepts, dict(refusals or {}),
+                                  inductor)
+        return fn
+
+    return decorate
+
+
+def backends() -> dict[str, Backend]:
+    return dict(_BACKENDS)
 
 
 @register_stage("compile", config=CompileConfig)
 class CompileStage:
-    """torch.compile the model (backend inductor), timing the first, compiling call."""
+    """Compile the model with the chosen backend or runtime, timing build and first call apart."""
 
     requires = frozenset()
     provides = frozenset()
 
     def __init__(self, config: CompileConfig):
         self.config = config
+        self.backend = _BACKENDS[config.backend]
+        self.cache_dir: Path | None = None
 
     def consumes(self) -> frozenset[Form]:
-        # backend eager changes nothing, so it passes any model on (a TorchScript module too)
-        if self.config.backend == "eager":
-            return RUNNABLE
-        return frozenset({Form.EAGER, Form.QUANTIZED, Form.EXPORTED, Form.PACKED})
+        return self.backend.accepts
 
     def refusal(self, given: Form) -> str | None:
-        if given is Form.SCRIPTED:
-            return (f"compile.backend={self.config.backend} cannot compile a TorchScript module "
-                    "(torch.compile traces Python code, which a TorchScript archive does not hold): "
-                    "use compile=eager, or load the model from a state_dict or a .pt2 program")
-        return None
+        return self.backend.refusals.get(given)
 
     def produces(self, given: Form | None) -> Form:
-        return given if self.config.backend == "eager" else Form.COMPILED
+        return given if self.backend.form is Form.EAGER else self.backend.form
 
     def preflight(self, env: Environment) -> list[Problem]:
-        if self.config.mode in CUDA_ONLY_MODES and env.device_type != "cuda":
+        backend = self.backend
+        if env.device_type not in backend.devices:
+            return [Problem("compile.backend", backend.name, "a backend this device can run",
+                            f"'{backend.name}' needs device={' or '.join(sorted(backend.devices))}"
+                            + (" (CUDA graphs)" if backend.name == "cudagraphs" else "")
+                            + f"; this run is on {env.device_type}")]
+        if self.config.mode is CompileMode.REDUCE_OVERHEAD and env.device_type != "cuda":
             return [Problem("compile.mode", self.config.mode.value, "a mode this device supports",
-                            f"'{self.config.mode.value}' uses CUDA graphs, which need device=cuda")]
+                            "'reduce-overhead' uses CUDA graphs, which need device=cuda")]
+        if backend.inductor and self.config.cache:
+            self.cache_dir = resolve_path(str(env.config.get("outputs_dir") or "outputs")) / "cache" / "inductor"
         return []
 
     def run(self, artifact: Artifact, ctx: RunContext) -> Artifact:
-        if self.config.backend == "eager":
+        if self.backend.form is Form.EAGER and not self.config.channels_last:
             return artifact.with_metrics({"compile.compile_s": 0.0})
-        torch._dynamo.reset()  # a fresh cache per run: sweep jobs in one process must not share guards
-        # Freezing folds the (never-trained) weights into the graph as constants, so inductor can
-        # prepack them and fuse PT2E's quantize/dequantize pairs into int8 kernels. It is global
-        # inductor config: every run sets it, so sweep jobs in one process do not inherit it.
-        import torch._inductor.config as inductor_config
-
-        inductor_config.freezing = self.config.freezing
-        compiled = torch.compile(artifact.model, backend="inductor", mode=self.config.mode.value,
-                                 fullgraph=self.config.fullgraph, dynamic=self.config.dynamic)
+        model, module = artifact.model, artifact.module
+        if self.config.channels_last:
+            model, module = _channels_last(artifact, ctx)
+        cache = _Cache(self.cache_dir) if self.backend.inductor else None
+        job = CompileJob(model, module, artifact, self.config, ctx, ctx.run_dir / "compile")
         started = time.perf_counter()
-        with torch.inference_mode(), warnings.catch_warnings():
-            # torchao's tensor subclasses lack a cache-hash hook; inductor says so once per type.
-            warnings.filterwarnings("ignore", message=".*_stable_hash_for_caching")
-            call(compiled, artifact.example.inputs)
+        runnable = self.backend.build(job)
+        built = time.perf_counter()
+        inputs = artifact.example.inputs
+        if self.config.channels_last:
+            runnable = ChannelsLastInputs(runnable)
+        with torch.inference_mode():
+            call(runnable, inputs)
         if artifact.device.startswith("cuda"):
             torch.cuda.synchronize()
-        return artifact.evolve(model=compiled, form=Form.COMPILED).with_metrics(
-            {"compile.compile_s": time.perf_counter() - started})
+        first = time.perf_counter()
+        metrics = {"compile.build_s": built - started, "compile.first_call_s": first - built,
+                   "compile.compile_s": first - started}
+        if cache is not None:
+            metrics.update(cache.metrics())
+        form = self.backend.form if self.backend.form is not Form.EAGER else artifact.form
+        return artifact.evolve(model=runnable, module=module, form=form).with_metrics(metrics)
+
+
+class ChannelsLastInputs:
+    """Calls the runnable with every 4-D input in channels_last memory format."""
+
+    def __init__(self, runnable: Any):
+        self.runnable = runnable
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        def convert(value: Any) -> Any:
+            if isinstance(value, torch.Tensor) and value.dim() == 4:
+                return value.contiguous(memory_format=torch.channels_last)
+            return value
+
+        return self.runnable(*map(convert, args), **{k: convert(v) for k, v in kwargs.items()})
+
+
+def _channels_last(artifact: Artifact, ctx: RunContext) -> tuple[Any, Any]:
+    """A copy of the model with 4-D weights in channels_last (the baseline keeps its own)."""
+    module = copy.deepcopy(artifact.module)
+    if not any(p.dim() == 4 for p in module.parameters()):
+        ctx.warn("compile.channels_last", "compile.channels_last=true but the model has no 4-D (conv) "
+                                          "weights: it changes nothing for this model")
+    module = module.to(memory_format=torch.channels_last)
+    model = module if artifact.model is artifact.module else artifact.model
+    return model, module
+
+
+USER_CACHE_DIR = os.environ.get("TORCHINDUCTOR_CACHE_DIR")   # set by the user: ptflow keeps it
+
+
+class _Cache:
+    """Inductor's on-disk cache pointed at <outputs_dir>/cache/inductor (unless the user set
+    TORCHINDUCTOR_CACHE_DIR), so repeated runs and sweep jobs reuse compiled kernels;
+    reports whether it was warm and its hits."""
+
+    def __init__(self, directory: Path | None):
+        from torch._dynamo.utils import counters
+
+        if directory is not None and USER_CACHE_DIR:
+            directory = Path(USER_CACHE_DIR)
+        self.directory = directory
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(directory)
+        self.warm = directory is not None and any(directory.iterdir())
+        counters["inductor"].clear()
+        self.counters = counters
+
+    def metrics(self) -> dict[str, float]:
+        found = self.counters["inductor"]
+        # freezing bypasses inductor's FX-graph cache (constants are baked in); its compiled
+        # kernels are still cached in the same dir
+        return {"compile.cache_warm": 1.0 if self.warm else 0.0,
+                "compile.cache_hits": float(found.get("fxgraph_cache_hit", 0)),
+                "compile.cache_misses": float(found.get("fxgraph_cache_miss", 0)),
+                "compile.cache_bypassed": float(found.get("fxgraph_cache_bypass", 0))}
+
+
+# The backends and runtimes ptflow ships (each module registers its own with @compile_backend).
+from ptflow.stages import compile_inductor, compile_legacy, compile_runtimes  # noqa: E402,F401

@@ -4,12 +4,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# One inductor cache for the whole test session, shared with the ptflow subprocesses (each run
+# would otherwise compile cold into its own outputs/cache/inductor). ptflow keeps a cache dir
+# the user set; tests of its own default unset this variable.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(tempfile.gettempdir()) / "ptflow-test-inductor-cache"))
 
 
 @pytest.fixture(autouse=True, scope="session")

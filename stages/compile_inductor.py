@@ -1,0 +1,67 @@
+"""torch.compile backends: eager (no compilation), inductor, inductor_max_autotune and
+cudagraphs (inductor's reduce-overhead mode: CUDA graphs, CUDA only)."""
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+
+from ptflow.artifact import Form
+from ptflow.stages.compile import CompileJob, CompileMode, compile_backend
+
+COMPILABLE = frozenset({Form.EAGER, Form.QUANTIZED, Form.EXPORTED, Form.PACKED})
+NOT_SCRIPTED = {Form.SCRIPTED: "torch.compile cannot compile a TorchScript module (it traces Python code, which "
+                               "TorchScript does not hold): use compile=eager, or load the model from a state_dict "
+                               "or a .pt2 program"}
+
+
+@compile_backend("eager", summary="no compilation: the model runs as it is", form=Form.EAGER)
+def eager(job: CompileJob) -> Any:
+    return job.model
+
+
+def _compile(job: CompileJob, mode: CompileMode) -> Any:
+    """torch.compile with inductor; compiles lazily, at the first call the stage times."""
+    import torch._inductor.config as inductor_config
+
+    torch._dynamo.reset()  # a fresh cache per run: sweep jobs in one process must not share guards
+    # Freezing folds the (never-trained) weights into the graph as constants, so inductor can
+    # prepack them and fuse PT2E's quantize/dequantize pairs into int8 kernels. It is global
+    # inductor config: every run sets it, so sweep jobs in one process do not inherit it.
+    inductor_config.freezing = job.config.freezing
+    compiled = torch.compile(job.model, backend="inductor", mode=mode.value, fullgraph=job.config.fullgraph,
+                             dynamic=job.config.dynamic)
+    return _QuietFirstCall(compiled)
+
+
+class _QuietFirstCall:
+    """The compiled callable; torchao's tensor subclasses lack a cache-hash hook and inductor
+    says so once per type while compiling: that warning is noise, not news."""
+
+    def __init__(self, compiled: Any):
+        self.compiled = compiled
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*_stable_hash_for_caching")
+            return self.compiled(*args, **kwargs)
+
+
+@compile_backend("inductor", summary="torch.compile (inductor), compile.mode as set", accepts=COMPILABLE,
+                 refusals=NOT_SCRIPTED, inductor=True)
+def inductor(job: CompileJob) -> Any:
+    return _compile(job, job.config.mode)
+
+
+@compile_backend("inductor_max_autotune", summary="torch.compile max-autotune (no CUDA graphs on CPU)",
+                 accepts=COMPILABLE, refusals=NOT_SCRIPTED, inductor=True)
+def inductor_max_autotune(job: CompileJob) -> Any:
+    on_cuda = job.artifact.device.startswith("cuda")
+    return _compile(job, CompileMode.MAX_AUTOTUNE if on_cuda else CompileMode.MAX_AUTOTUNE_NO_CUDAGRAPHS)
+
+
+@compile_backend("cudagraphs", summary="torch.compile reduce-overhead: CUDA graphs replay whole calls",
+                 devices=("cuda",), accepts=COMPILABLE, refusals=NOT_SCRIPTED, inductor=True)
+def cudagraphs(job: CompileJob) -> Any:
+    return _compile(job, CompileMode.REDUCE_OVERHEAD)
