@@ -1,20 +1,23 @@
-"""export: torch.export the model to a .pt2 file plus manifest.json, atomically.
+"""export: write the model in every format of `export.formats`, each file checked, then manifest.json.
 
-The .pt2 and the manifest are written under temporary names and renamed into place,
-the manifest last: a manifest next to a file means that file is complete and checked.
+Each format is a registered writer (``stages/export_formats.py``). Every file is written
+under a temporary name, reloaded into a fresh object and run on every eval batch (and a
+second size of each dynamic dim) against the in-memory model; only when every format
+passed are they renamed into place, and the manifest is written last: a manifest next to
+the files means all of them are complete and checked. If any format fails, none is kept.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import hashlib
-import io
 import json
 import os
 import platform
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -23,142 +26,231 @@ import torch
 
 from ptflow.artifact import Artifact, Form
 from ptflow.errors import ConfigError, InputError, Problem, invalid_choice
-from ptflow.files import creatable_dir_problem, named_errors, partial_file, write_atomic
-from ptflow.spec import call, export_example, flatten_outputs
+from ptflow.files import creatable_dir_problem, partial_file, write_atomic
+from ptflow.spec import BATCH_DIM, ModelInputs, call, export_example, flatten_outputs
 from ptflow.stage import Environment, RunContext, register_stage
+from ptflow.stages.export_formats import (ExportFormat, ExportJob, formats, output_packages,
+                                          register_output_types)
 from ptflow.targets import resolve_path
 
-FORMATS = ("pt2",)
-CHUNK = 1 << 22   # bytes per write: a signal or a full disk is noticed between chunks
+TORCH_EXPORT_FORMS = frozenset(Form)   # minus what a chosen format refuses (consumes())
 
 
 @dataclass(frozen=True)
 class ExportConfig:
-    format: str = "pt2"
+    formats: tuple[str, ...] = ("pt2",)
     dir: str | None = None        # null: <run dir>/export
-    name: str = "model"           # file stem: <name>.pt2
+    name: str = "model"           # file stem: <name>.pt2, <name>.onnx, ...
     strict: bool = False          # torch.export strict (TorchDynamo) tracing
-    verify: bool = True           # reload the file and compare it with the in-memory model
-    verify_atol: float = 1e-4     # largest abs difference the reloaded file may show
+    verify: bool = True           # reload each file and compare it with the in-memory model
+    tolerance: dict[str, float] = field(default_factory=dict)   # per format; absent: the format's default
+    opset: int | None = None      # ONNX opset; null: the exporter's default
+    format: str | None = None     # removed (was the single format): kept only to say what replaced it
 
     def __post_init__(self) -> None:
-        if self.format not in FORMATS:
-            raise invalid_choice("format", self.format, FORMATS)
+        if self.format is not None:
+            raise ConfigError.single("format", self.format, "no value: the key was removed",
+                                     f"replaced by export.formats=[{self.format}] (a list: several formats "
+                                     "in one run)")
+        known = formats()
+        if not self.formats:
+            raise ConfigError.single("formats", [], "a non-empty list, e.g. [pt2]",
+                                     "drop 'export' from the pipeline to export nothing")
+        for name in self.formats:
+            if name not in known:
+                raise invalid_choice("formats", name, sorted(known))
+        if len(set(self.formats)) != len(self.formats):
+            raise ConfigError.single("formats", list(self.formats), "each format once")
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ConfigError.single("name", self.name, "a plain file stem such as 'model'")
-        if not self.verify_atol >= 0:   # also rejects NaN
-            raise ConfigError.single("verify_atol", self.verify_atol, "a tolerance >= 0, e.g. 1e-4",
-                                     "set export.verify=false to skip the check instead")
+        for name, value in self.tolerance.items():
+            if name not in known:
+                raise invalid_choice(f"tolerance.{name}", name, sorted(known))
+            if not value >= 0:   # also rejects NaN
+                raise ConfigError.single(f"tolerance.{name}", value, "a tolerance >= 0, e.g. 1e-4",
+                                         "set export.verify=false to skip the check instead")
+        if self.opset is not None and not 7 <= self.opset <= 30:
+            raise ConfigError.single("opset", self.opset, "an ONNX opset such as 18, or null")
+
+    def tolerance_of(self, fmt: ExportFormat) -> float:
+        return float(self.tolerance.get(fmt.name, fmt.tolerance))
 
 
 @register_stage("export", config=ExportConfig)
 class ExportStage:
-    """torch.export to .pt2 (dynamic batch), reload and check it, write manifest.json."""
+    """Export to every format in export.formats (dynamic dims kept), reload and check each, write manifest.json."""
 
     requires = frozenset()
     provides = frozenset({"export"})
 
     def __init__(self, config: ExportConfig):
         self.config = config
+        self.formats = [formats()[name] for name in config.formats]
 
     def consumes(self) -> frozenset[Form]:
-        # an EXPORTED model (a loaded .pt2 program) re-exports; TorchScript cannot be torch.export'ed
-        return frozenset({Form.EAGER, Form.QUANTIZED, Form.COMPILED, Form.EXPORTED})
+        return frozenset(f for f in TORCH_EXPORT_FORMS if not any(f in fmt.refuses for fmt in self.formats))
 
     def refusal(self, given: Form) -> str | None:
-        if given is Form.SCRIPTED:
-            return (f"export.format={self.config.format} needs torch.export, which cannot trace a TorchScript "
-                    "module: drop 'export' from the pipeline, or load the model from a state_dict or a "
-                    ".pt2 program")
-        if given is Form.PACKED:
-            return (f"export.format={self.config.format} needs torch.export, which cannot trace torch.ao's "
-                    "packed quantized layers: drop 'export', or pick a torchao quantize recipe")
-        return None
+        reasons = [f"export.formats={fmt.name} {fmt.refuses[given]}" for fmt in self.formats if given in fmt.refuses]
+        return "; ".join(reasons) or None
 
     def produces(self, given: Form | None) -> Form:
-        return Form.EXPORTED
+        # the reloaded .pt2 program goes on when there is one; otherwise the model is unchanged
+        return Form.EXPORTED if "pt2" in self.config.formats else (given or Form.EAGER)
 
     def preflight(self, env: Environment) -> list[Problem]:
-        if not self.config.dir:
-            return []
-        reason = creatable_dir_problem(resolve_path(self.config.dir))
-        if reason:
-            return [Problem("export.dir", self.config.dir, "a directory ptflow can create and write",
-                            f"{reason}; pick another export.dir, or null for <run dir>/export")]
-        return []
+        problems = []
+        method = _quantize_method(env)
+        for fmt in self.formats:
+            if method in fmt.refuses_recipes:
+                problems.append(Problem("export.formats", fmt.name, f"a format that can follow quantize={method}",
+                                        fmt.refuses_recipes[method]))
+        if self.config.dir:
+            reason = creatable_dir_problem(resolve_path(self.config.dir))
+            if reason:
+                problems.append(Problem("export.dir", self.config.dir, "a directory ptflow can create and write",
+                                        f"{reason}; pick another export.dir, or null for <run dir>/export"))
+        return problems
 
     def run(self, artifact: Artifact, ctx: RunContext) -> Artifact:
         out_dir = resolve_path(self.config.dir) if self.config.dir else ctx.run_dir / "export"
         out_dir.mkdir(parents=True, exist_ok=True)
-        example = artifact.example.inputs
-        started = time.perf_counter()
         with torch.inference_mode():
-            _register_output_types(call(artifact.module, example))
-        traced, shapes = export_example(artifact.inputs, example)
-        program = torch.export.export(artifact.module, traced.args, dict(traced.kwargs),
-                                      dynamic_shapes=shapes, strict=self.config.strict)
-        target = out_dir / f"{self.config.name}.pt2"
+            sample_output = call(artifact.module, artifact.example.inputs)
+        register_output_types(sample_output)
+        traced, shapes = export_example(artifact.inputs, artifact.example.inputs)
+        job = ExportJob(artifact.module, artifact, ctx, traced, shapes, self.config.strict, self.config.opset)
+        checks = _check_inputs(artifact)
+        expected = _expected_outputs(artifact.module, checks)
         manifest_path = out_dir / "manifest.json"
-        partial_name = out_dir / f".{target.stem}.partial-{os.getpid()}{target.suffix}"  # torch wants .pt2
-        with partial_file(partial_name) as partial:
-            _save_program(program, partial, _expected_mb(artifact))
-            export_s = time.perf_counter() - started
-            reloaded = torch.export.load(partial).module() if self.config.verify else program.module()
-            error = self._verify(artifact, reloaded) if self.config.verify else float("nan")
-            metrics = {"export.export_s": export_s, "export.size_mb": partial.stat().st_size / 1e6,
-                       "export.reload_max_abs_error": error}
-            manifest = _manifest(self.config, artifact, ctx, target, partial,
-                                 {**artifact.metrics, **metrics})
-            # Complete and checked: it may take its final name. Until here an earlier export in
-            # this dir stayed intact; from here its manifest must not vouch for the new file.
+        metrics: dict[str, float] = {}
+        entries: list[dict[str, Any]] = []
+        moves: list[tuple[Path, Path]] = []
+        reloaded_program = None
+        with contextlib.ExitStack() as stack:
+            for fmt in self.formats:
+                target = out_dir / f"{self.config.name}{fmt.suffix}"
+                # the partial keeps the final suffix (torch.export and AOTI want .pt2)
+                partial = stack.enter_context(partial_file(
+                    out_dir / f".{self.config.name}.partial-{os.getpid()}{fmt.suffix}"))
+                entry, reloaded = self._write_one(fmt, job, partial, target, checks, expected)
+                if fmt.name == "pt2":
+                    reloaded_program = reloaded
+                metrics.update({f"export.{fmt.name}.{k}": v for k, v in entry["metrics"].items()})
+                entries.append(entry)
+                moves.append((partial, target))
+            first = self.formats[0].name   # the run's headline export metrics: the first format's
+            metrics.update({f"export.{k}": metrics[f"export.{first}.{k}"]
+                            for k in ("export_s", "size_mb", "reload_max_abs_error")})
+            manifest = _manifest(artifact, ctx, entries, sample_output, {**artifact.metrics, **metrics})
+            # All complete and checked: they may take their final names. Until here an earlier
+            # export in this dir stayed intact; from here its manifest must not vouch for new files.
             manifest_path.unlink(missing_ok=True)
-            os.replace(partial, target)
+            for partial, target in moves:
+                os.replace(partial, target)
         try:
             write_atomic(manifest_path, json.dumps(manifest, indent=2, default=str) + "\n")
         except BaseException:
-            target.unlink(missing_ok=True)   # no manifest, no file: never leave it looking complete
+            for _, target in moves:   # no manifest, no files: never leave them looking complete
+                target.unlink(missing_ok=True)
             raise
-        return artifact.evolve(model=reloaded, module=reloaded, form=Form.EXPORTED).with_metrics(
-            metrics).with_files({"export.pt2": target, "export.manifest": manifest_path})
+        files = {f"export.{fmt.name}": target for fmt, (_, target) in zip(self.formats, moves)}
+        files["export.manifest"] = manifest_path
+        if reloaded_program is not None:
+            artifact = artifact.evolve(model=reloaded_program, module=reloaded_program, form=Form.EXPORTED)
+        return artifact.with_metrics(metrics).with_files(files)
 
-    def _verify(self, artifact: Artifact, reloaded: Any) -> float:
-        """Max abs difference, reloaded file vs in-memory module, on every eval batch."""
-        worst = 0.0
-        with torch.inference_mode():
-            checks = [b.inputs for b in artifact.batches]
-            if artifact.inputs.tensors[0].dynamic_dims():
-                checks.append(artifact.example.inputs.map(lambda t: t[:1]))  # a different batch size
-            for inputs in checks:
-                expected = flatten_outputs(call(artifact.module, inputs))
-                got = flatten_outputs(call(reloaded, inputs))
-                for (_, a), (_, b) in zip(expected, got):
-                    worst = max(worst, float((a.float() - b.float()).abs().max()))
-        if worst > self.config.verify_atol:
-            raise InputError(f"the reloaded {self.config.format} file differs from the model by {worst:.3g} "
-                             f"(export.verify_atol={self.config.verify_atol}); the export is not faithful")
-        return worst
+    def _write_one(self, fmt: ExportFormat, job: ExportJob, partial: Path, target: Path,
+                   checks: list[ModelInputs], expected: list[list[torch.Tensor]]) -> tuple[dict[str, Any], Any]:
+        """Write one format to `partial`, reload it fresh and compare; its manifest entry."""
+        started = time.perf_counter()
+        _check_free_space(partial, _expected_mb(job.artifact))
+        try:
+            extra = fmt.write(job, partial)
+            export_s = time.perf_counter() - started
+            error, reloaded = float("nan"), None
+            if self.config.verify:
+                runner = fmt.load(partial, job)
+                error = _max_abs_error(runner, checks, expected, fmt.name)
+                reloaded = getattr(runner, "module", None)
+        except (OSError, InputError):
+            raise
+        except Exception as error_:   # name the format: the stage name alone does not say which failed
+            raise InputError(f"export.formats={fmt.name}: writing or reloading the {fmt.name} file failed "
+                             f"({type(error_).__name__}: {str(error_).strip().splitlines()[0] if str(error_).strip() else ''})"
+                             f"; drop '{fmt.name}' from export.formats, or see the log for the traceback") from error_
+        tolerance = self.config.tolerance_of(fmt)
+        if error > tolerance:
+            raise InputError(f"export.formats={fmt.name}: the reloaded file differs from the model by {error:.3g} "
+                             f"(export.tolerance.{fmt.name}={tolerance}); the export is not faithful")
+        if reloaded is None and fmt.name == "pt2":
+            reloaded = job.program().module()
+        size = partial.stat().st_size
+        entry = {"format": fmt.name, "file": target.name, "sha256": _sha256(partial), "size_bytes": size,
+                 "load": fmt.load_hint.format(file=target.name), "tolerance": tolerance,
+                 "versions": _package_versions(fmt.packages), **extra,
+                 "metrics": {"export_s": export_s, "size_mb": size / 1e6, "reload_max_abs_error": error}}
+        return entry, reloaded
 
 
-def _register_output_types(value: object) -> None:
-    """torch.export needs dataclass outputs registered as pytree nodes (Hugging Face's
-    ModelOutput does this itself); register any plain dataclass the model returns."""
-    import dataclasses
+def _quantize_method(env: Environment) -> str | None:
+    """The quantize recipe that runs before export in this pipeline, if any."""
+    pipeline = list(env.pipeline)
+    if "quantize" not in pipeline or "export" not in pipeline or pipeline.index("quantize") > pipeline.index("export"):
+        return None
+    return (env.config.get("quantize") or {}).get("method")
 
-    from torch.utils import _pytree
 
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        if type(value) not in _pytree.SUPPORTED_NODES:
-            cls = type(value)
-            torch.export.register_dataclass(cls, serialized_type_name=f"{cls.__module__}.{cls.__qualname__}")
-        children = [getattr(value, f.name) for f in dataclasses.fields(value)]
-    elif isinstance(value, dict):
-        children = list(value.values())
-    elif isinstance(value, (list, tuple)):
-        children = list(value)
-    else:
-        return
-    for child in children:
-        _register_output_types(child)
+def _check_inputs(artifact: Artifact) -> list[ModelInputs]:
+    """Every eval batch, plus the example with each dynamic dim at another size (batch: one row)."""
+    checks = [b.inputs for b in artifact.batches]
+    example = artifact.example.inputs
+    labels: dict[str, None] = {}
+    for tensor in artifact.inputs.tensors:
+        labels.update(dict.fromkeys(tensor.dynamic_dims().values()))
+    for label in labels:
+        checks.append(_resized(artifact, example, label))
+    return checks
+
+
+def _resized(artifact: Artifact, example: ModelInputs, label: str) -> ModelInputs:
+    by_name = {t.name: t for t in artifact.inputs.tensors}
+    names = [name for name, _ in example.named([t.name for t in artifact.inputs.tensors[:len(example.args)]])]
+    sliced = []
+    for name, tensor in zip(names, list(example.args) + list(example.kwargs.values())):
+        spec = by_name.get(name)
+        for dim, dim_label in (spec.dynamic_dims().items() if spec else ()):
+            if dim_label == label:
+                size = tensor.shape[dim]
+                keep = 1 if label == BATCH_DIM else max(1, size - 1)
+                tensor = tensor.narrow(dim, 0, keep)
+        sliced.append(tensor)
+    args, kwargs = sliced[:len(example.args)], sliced[len(example.args):]
+    return ModelInputs(tuple(args), dict(zip(example.kwargs, kwargs)))
+
+
+def _expected_outputs(module: Any, checks: list[ModelInputs]) -> list[list[torch.Tensor]]:
+    with torch.inference_mode():
+        return [[t for _, t in flatten_outputs(call(module, inputs))] for inputs in checks]
+
+
+def _max_abs_error(runner: Any, checks: list[ModelInputs], expected: list[list[torch.Tensor]], name: str) -> float:
+    """Max abs difference, reloaded file vs in-memory module, over every check input."""
+    worst = 0.0
+    with torch.inference_mode():
+        for inputs, want in zip(checks, expected):
+            got = [t for _, t in flatten_outputs(runner(inputs))]
+            if len(got) != len(want):
+                raise InputError(f"export.formats={name}: the reloaded file returns {len(got)} output tensor(s), "
+                                 f"the model {len(want)}")
+            for a, b in zip(want, got):
+                if a.shape != b.shape:
+                    raise InputError(f"export.formats={name}: the reloaded file returns shape {tuple(b.shape)} "
+                                     f"where the model returns {tuple(a.shape)} (inputs "
+                                     f"{[tuple(t.shape) for t in list(inputs.args) + list(inputs.kwargs.values())]}); "
+                                     "a dynamic dim was baked in")
+                worst = max(worst, float((a.float() - b.float()).abs().max()) if a.numel() else 0.0)
+    return worst
 
 
 def _expected_mb(artifact: Artifact) -> float:
@@ -166,24 +258,12 @@ def _expected_mb(artifact: Artifact) -> float:
     return next((m[k] for k in ("quantize.size_mb", "load.size_mb") if k in m), 0.0)
 
 
-def _save_program(program: Any, path: Path, expected_mb: float) -> None:
-    """torch.export.save, made safe on a full disk.
-
-    torch's zip writer aborts the whole process (std::terminate in its destructor) when
-    a write fails, so the program is serialised into memory first and written with
-    Python I/O, whose failure is an ordinary OSError. Free space is checked first, so a
-    disk that is already too full fails at once, naming the path."""
+def _check_free_space(path: Path, expected_mb: float) -> None:
+    """A disk that is already too full fails at once, naming the path."""
     free_mb = shutil.disk_usage(path.parent).free / 1e6
     if expected_mb and free_mb < expected_mb * 1.1:
         raise OSError(errno.ENOSPC, f"{free_mb:.1f} MB free, the export needs about {expected_mb:.1f} MB",
                       str(path))
-    buffer = io.BytesIO()
-    torch.export.save(program, buffer)
-    view = buffer.getbuffer()
-    with named_errors(path), path.open("wb") as handle:
-        for start in range(0, len(view), CHUNK):
-            handle.write(view[start:start + CHUNK])
-    del view
 
 
 def _sha256(path: Path) -> str:
@@ -194,29 +274,34 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version(), "torch": torch.__version__}
-    for package in ("torchao", "ptflow"):
+def _package_versions(packages: tuple[str, ...]) -> dict[str, str]:
+    versions = {}
+    for package in packages:
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
-            pass
+            if package == "torch":
+                versions[package] = torch.__version__
     return versions
 
 
-def _manifest(config: ExportConfig, artifact: Artifact, ctx: RunContext, target: Path, written: Path,
+def _manifest(artifact: Artifact, ctx: RunContext, entries: list[dict[str, Any]], sample_output: object,
               metrics: dict[str, float]) -> dict[str, Any]:
+    """Every file with what loading it needs; the inputs (str shapes = dynamic dims) and the run."""
+    extra = sorted(output_packages(sample_output))   # e.g. transformers: its output classes
+    for entry in entries:
+        entry["versions"].update(_package_versions(tuple(extra)))
     return {
-        "format": config.format,
-        "file": target.name,
-        "sha256": _sha256(written),
-        "size_bytes": written.stat().st_size,
+        "files": entries,
         "source_form": artifact.form.value,
         "inputs": artifact.inputs.describe(),
+        "dynamic_dims": sorted({label for t in artifact.inputs.tensors for label in t.dynamic_dims().values()}),
         "outputs": [path for path, _ in artifact.baseline.outputs[0]] if artifact.baseline else None,
+        "output_packages": extra,
         "config_hash": ctx.config_hash,
         "lineage": [{"stage": r.name, "config": r.config} for r in artifact.lineage],
-        "versions": _versions(),
+        "versions": {"python": platform.python_version(),
+                     **_package_versions(("torch", "torchao", "ptflow"))},
         "device": ctx.settings,
         "metrics": {k: v for k, v in sorted(metrics.items()) if not k.endswith("duration_s")},
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -34,7 +34,7 @@ def test_default_pipeline_logs_sane_metrics(default_run):
     assert m["benchmark/candidate.p50_ms"] <= m["benchmark/candidate.p90_ms"] <= m["benchmark/candidate.p99_ms"]
     assert m["benchmark/candidate.n"] == m["benchmark/baseline.n"] == 100
     assert m["quantize/size_mb"] < m["load/size_mb"] / 2
-    assert m["export/reload_max_abs_error"] <= 1e-4
+    assert m["export/reload_max_abs_error"] <= 1e-4 and m["export/pt2.reload_max_abs_error"] <= 1e-4
     for stage in ("load", "validate", "quantize", "compile", "benchmark", "export"):
         assert f"{stage}/duration_s" in m
 
@@ -62,9 +62,11 @@ def test_default_pipeline_logs_params_tags_and_artifacts(default_run):
 def test_export_manifest_matches_the_file(default_run):
     (manifest_path,) = default_run.outputs.glob("runs/*/*/export/manifest.json")
     manifest = json.loads(manifest_path.read_text())
-    exported = manifest_path.with_name(manifest["file"])
-    assert manifest["sha256"] == hashlib.sha256(exported.read_bytes()).hexdigest()
-    assert manifest["size_bytes"] == exported.stat().st_size
+    (entry,) = manifest["files"]
+    exported = manifest_path.with_name(entry["file"])
+    assert entry["format"] == "pt2" and entry["load"] and "torch" in entry["versions"]
+    assert entry["sha256"] == hashlib.sha256(exported.read_bytes()).hexdigest()
+    assert entry["size_bytes"] == exported.stat().st_size
     assert manifest["inputs"][0]["shape"] == ["batch", 64]
     assert [entry["stage"] for entry in manifest["lineage"]] == ["load", "validate", "quantize", "compile",
                                                                 "benchmark"]

@@ -93,7 +93,8 @@ CASES = [
     _config("empty-outputs-dir", "outputs_dir=", says=("outputs_dir", "filesystem root")),
     _config("outputs-dir-under-a-file", "outputs_dir={tmp}/afile/out", "tracking=none",
             says=("outputs_dir", "{tmp}/afile is a file"), setup=files.a_file),
-    _config("negative-verify-atol", "export.verify_atol=-1", says=("export.verify_atol", ">= 0")),
+    _config("negative-export-tolerance", "export.tolerance.pt2=-1", says=("export.tolerance.pt2", ">= 0")),
+    _config("old-export-format-key", "export.format=pt2", says=("export.format", "replaced by export.formats=[pt2]")),
     _config("export-dir-under-a-file", "export.dir={tmp}/afile/export",
             says=("export.dir", "{tmp}/afile is a file"), setup=files.a_file),
     _config("yaml-syntax-error", "-cd", "{tmp}/cd", "quantize=broken",
@@ -269,9 +270,11 @@ def _assert_nothing_half_written(tmp: Path) -> None:
     for exported in tmp.rglob("*.pt2"):
         manifest = exported.with_name("manifest.json")
         assert manifest.is_file(), f"{exported} has no manifest"
-        assert json.loads(manifest.read_text())["size_bytes"] == exported.stat().st_size
+        sizes = {e["file"]: e["size_bytes"] for e in json.loads(manifest.read_text())["files"]}
+        assert sizes[exported.name] == exported.stat().st_size
     for manifest in tmp.rglob("export/manifest.json"):
-        assert (manifest.parent / json.loads(manifest.read_text())["file"]).is_file()
+        for entry in json.loads(manifest.read_text())["files"]:
+            assert (manifest.parent / entry["file"]).is_file()
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
