@@ -191,7 +191,7 @@ def _check_chain(settings: RunSettings, cfg: Mapping[str, Any], registry: Mappin
             if form_from == settings.pipeline[0]:   # the loaded model itself: reordering cannot help
                 fix = reason or move
             else:
-                fix = move + (f" ({reason})" if reason else "")
+                fix = f"{reason}; or {move}" if reason else move
             problems.append(Problem(where, name, f"'{name}' after a stage producing "
                                     + " or ".join(sorted(map(str, accepted))),
                                     f"'{form_from}' hands on the model as '{form}'; {fix}"))

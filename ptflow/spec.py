@@ -35,6 +35,10 @@ class InputSpec:
 
     tensors: tuple[TensorSpec, ...]
     keyword: bool = False
+    ranges: tuple[tuple[str, int | None, int | None], ...] = ()   # (label, min, max) of bounded dims
+
+    def bounds(self, label: str) -> tuple[int | None, int | None]:
+        return next(((low, high) for name, low, high in self.ranges if name == label), (None, None))
 
     def describe(self) -> list[dict[str, Any]]:
         return [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype,
@@ -76,32 +80,58 @@ class ModelInputs:
             first = next(iter(self.kwargs.values()))
         return int(first.shape[0])
 
-    def spec(self, arg_names: Sequence[str] = (), dynamic_batch: bool = True) -> InputSpec:
-        tensors = []
+    def spec(self, arg_names: Sequence[str] = (), dynamic_batch: bool = True,
+             dynamic_dims: Mapping[str, Mapping[int, str]] | None = None) -> InputSpec:
+        """The inputs' spec; dim 0 labelled `batch` when `dynamic_batch`, and each
+        `dynamic_dims[name][dim]` labelled as given (inputs sharing a label share the dim)."""
+        extra = dict(dynamic_dims or {})
+        tensors, ranges = [], []
         for name, tensor in self.named(arg_names):
             shape: list[int | str] = list(tensor.shape)
             if dynamic_batch and shape:
                 shape[0] = BATCH_DIM
+            for dim, label in extra.pop(name, {}).items():
+                if not 0 <= int(dim) < len(shape) or (dynamic_batch and int(dim) == 0):
+                    raise ValueError(f"data.dynamic_dims.{name}: dim {dim} is not a non-batch dim of its "
+                                     f"shape {tuple(tensor.shape)}")
+                if isinstance(label, Mapping):   # {label: seq, min: 1, max: 512}
+                    unknown = set(label) - {"label", "min", "max"}
+                    if "label" not in label or unknown:
+                        raise ValueError(f"data.dynamic_dims.{name}.{dim}: a label, or {{label: seq, min: 1, "
+                                         f"max: 512}}; found {dict(label)}")
+                    ranges.append((str(label["label"]), label.get("min"), label.get("max")))
+                    label = label["label"]
+                shape[int(dim)] = str(label)
             tensors.append(TensorSpec(name, tuple(shape), str(tensor.dtype).removeprefix("torch.")))
-        return InputSpec(tuple(tensors), keyword=bool(self.kwargs) and not self.args)
+        if extra:
+            names = [n for n, _ in self.named(arg_names)]
+            raise ValueError(f"data.dynamic_dims names {sorted(extra)}, which are not model inputs; the inputs "
+                             f"are {names}")
+        return InputSpec(tuple(tensors), keyword=bool(self.kwargs) and not self.args, ranges=tuple(ranges))
 
 
 def export_dynamic_shapes(spec: InputSpec, example: ModelInputs) -> Any:
     """torch.export's `dynamic_shapes` for the spec's dynamic dims (one Dim per label),
     keyed like the example's call: a tuple for positional inputs, a dict for keywords."""
-    import torch
-
     dims: dict[str, Any] = {}
     shapes: dict[str, Any] = {}
     for tensor in spec.tensors:
         dynamic = tensor.dynamic_dims()
-        shapes[tensor.name] = {i: dims.setdefault(label, torch.export.Dim(label)) for i, label in dynamic.items()} \
+        shapes[tensor.name] = {i: dims.setdefault(label, _dim(label, spec)) for i, label in dynamic.items()} \
             if dynamic else None
     if not any(shapes.values()):
         return None
     if example.args and not example.kwargs:
         return tuple(shapes.values())
     return shapes
+
+
+def _dim(label: str, spec: InputSpec) -> Any:
+    import torch
+
+    low, high = spec.bounds(label)
+    bounds = {k: int(v) for k, v in (("min", low), ("max", high)) if v is not None}
+    return torch.export.Dim(label, **bounds)
 
 
 def export_example(spec: InputSpec, example: ModelInputs) -> tuple[ModelInputs, Any]:

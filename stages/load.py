@@ -71,6 +71,8 @@ class DataConfig:
     max_batches: int | None = None
     metric: str | None = "top1_accuracy"   # task metric on the targets; null for unlabelled data
     dynamic_batch: bool = True             # the batch dim is dynamic in the input spec and exports
+    # more dynamic dims: {input_ids: {1: seq}}, or bounded: {rows: {1: {label: tokens, max: 8}}}
+    dynamic_dims: dict[str, dict[int, Any]] | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -156,7 +158,10 @@ class LoadStage:
                                      f"the program in {self.config.model.weights}")
         else:
             check_keywords(module, arg_names, batches[0].inputs)
-        spec = batches[0].inputs.spec(arg_names, dynamic_batch=data.dynamic_batch)
+        try:
+            spec = batches[0].inputs.spec(arg_names, data.dynamic_batch, data.dynamic_dims)
+        except ValueError as error:
+            raise InputError(f"{error}; fix data.dynamic_dims (input name -> {{dim index: label}})") from None
         dataset = describe_data(data.source, batches, arg_names, DataContext.EVAL)
         return Artifact(
             model=module, form=FORMS.get(loaded.format, Form.EAGER), module=module, inputs=spec,

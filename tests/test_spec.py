@@ -337,3 +337,15 @@ def test_as_split_accepts_pair_and_split():
 def test_as_split_rejects_other_types(value):
     with pytest.raises(InputError):
         as_split(value)
+
+
+def test_dynamic_dims_beyond_the_batch_share_labels_across_inputs():
+    import torch
+
+    inputs = ModelInputs.of({"input_ids": torch.zeros(2, 7, dtype=torch.int64), "mask": torch.ones(2, 7)})
+    spec = inputs.spec(dynamic_dims={"input_ids": {1: "seq"}, "mask": {1: "seq"}})
+    assert [t.shape for t in spec.tensors] == [("batch", "seq"), ("batch", "seq")]
+    with pytest.raises(ValueError, match=r"data.dynamic_dims.mask: dim 0 is not a non-batch dim"):
+        inputs.spec(dynamic_dims={"mask": {0: "rows"}})
+    with pytest.raises(ValueError, match=r"names \['ids'\], which are not model inputs"):
+        inputs.spec(dynamic_dims={"ids": {1: "seq"}})
