@@ -30,6 +30,9 @@ def _compile(job: CompileJob, mode: CompileMode) -> Any:
     # prepack them and fuse PT2E's quantize/dequantize pairs into int8 kernels. It is global
     # inductor config: every run sets it, so sweep jobs in one process do not inherit it.
     inductor_config.freezing = job.config.freezing
+    # max-autotune writes its kernel-choice tables to stderr: noise on ptflow's console
+    inductor_config.max_autotune_report_choices_stats = False
+    inductor_config.autotune_num_choices_displayed = 0
     compiled = torch.compile(job.model, backend="inductor", mode=mode.value, fullgraph=job.config.fullgraph,
                              dynamic=job.config.dynamic)
     return _QuietFirstCall(compiled)

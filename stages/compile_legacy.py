@@ -55,8 +55,10 @@ def torchscript_trace(job: CompileJob) -> Any:
 
     def build() -> Any:
         with torch.no_grad():
-            traced = torch.jit.trace(job.model, example.args or (), example_kwarg_inputs=dict(example.kwargs) or None,
-                                     strict=False)
+            if example.kwargs:   # keyword inputs: example_inputs must be None, not ()
+                traced = torch.jit.trace(job.model, None, example_kwarg_inputs=dict(example.kwargs), strict=False)
+            else:
+                traced = torch.jit.trace(job.model, example.args, strict=False)
             return torch.jit.freeze(traced.eval())
 
     return _quietly(job, build)

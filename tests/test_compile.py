@@ -67,9 +67,10 @@ def test_ahead_of_time_and_autotuned_backends(tmp_path, backend):
 
 
 def test_keyword_inputs_and_channels_last_through_runtimes(tmp_path):
-    artifact, _ = _run(tmp_path, "experiment=digits_transformer", "quantize=none", "compile=onnxruntime",
-                       base=BUNDLED)
-    assert artifact.metrics["benchmark.max_abs_error"] < 1e-4
+    for backend in ("onnxruntime", "torchscript_trace"):
+        artifact, _ = _run(tmp_path, "experiment=digits_transformer", "quantize=none", f"compile={backend}",
+                           base=BUNDLED)
+        assert artifact.metrics["benchmark.max_abs_error"] < 1e-4
     artifact, warnings = _run(tmp_path, "experiment=digits_cnn", "quantize=none", "compile=eager",
                               "compile.channels_last=true", base=BUNDLED)
     convs = [p for p in artifact.module.parameters() if p.dim() == 4]
