@@ -30,6 +30,13 @@ class Environment:
     pipeline: tuple[str, ...] = ()
     config: Mapping[str, Any] = field(default_factory=dict)
 
+    def quantize_method_before(self, stage: str) -> str | None:
+        """The quantize recipe that runs before `stage` in this pipeline, if any."""
+        pipeline = list(self.pipeline)
+        if "quantize" not in pipeline or stage not in pipeline or pipeline.index("quantize") > pipeline.index(stage):
+            return None
+        return (self.config.get("quantize") or {}).get("method")
+
 
 @dataclass(frozen=True)
 class Note:

@@ -97,6 +97,7 @@ class Backend:
     accepts: frozenset[Form]
     refusals: dict[Form, str]
     inductor: bool                       # uses inductor (freezing, cache apply)
+    refuses_recipes: dict[str, str]      # quantize recipes it cannot take, and why
 
 
 _BACKENDS: dict[str, Backend] = {}
@@ -104,13 +105,14 @@ _BACKENDS: dict[str, Backend] = {}
 
 def compile_backend(name: str, *, summary: str, form: Form = Form.COMPILED,
                     devices: Sequence[str] = ("cpu", "cuda"), accepts: frozenset[Form] = RUNNABLE,
-                    refusals: dict[Form, str] | None = None, inductor: bool = False):
+                    refusals: dict[Form, str] | None = None, inductor: bool = False,
+                    refuses_recipes: dict[str, str] | None = None):
     """Register fn(CompileJob) -> runnable as compile.backend=`name`. `refusals` says, per
     form it does not accept, why (the plan's hint)."""
 
     def decorate(fn):
         _BACKENDS[name] = Backend(name, fn, form, summary, frozenset(devices), accepts, dict(refusals or {}),
-                                  inductor)
+                                  inductor, dict(refuses_recipes or {}))
         return fn
 
     return decorate
@@ -151,6 +153,10 @@ class CompileStage:
         if self.config.mode is CompileMode.REDUCE_OVERHEAD and env.device_type != "cuda":
             return [Problem("compile.mode", self.config.mode.value, "a mode this device supports",
                             "'reduce-overhead' uses CUDA graphs, which need device=cuda")]
+        method = env.quantize_method_before("compile")
+        if method in backend.refuses_recipes:
+            return [Problem("compile.backend", backend.name, f"a backend that can follow quantize={method}",
+                            backend.refuses_recipes[method])]
         if backend.inductor and self.config.cache:
             self.cache_dir = resolve_path(str(env.config.get("outputs_dir") or "outputs")) / "cache" / "inductor"
         return []

@@ -50,8 +50,17 @@ _ORT_LEVELS = {OrtOptimization.DISABLED: "ORT_DISABLE_ALL", OrtOptimization.BASI
                OrtOptimization.EXTENDED: "ORT_ENABLE_EXTENDED", OrtOptimization.ALL: "ORT_ENABLE_ALL"}
 
 
+_ORT_RECIPES = {
+    **{recipe: "torch.onnx cannot convert torchao's quantized tensor subclasses: pick quantize=int8_static "
+               "(PT2E) or none for onnxruntime, or compile=inductor/aoti"
+       for recipe in ("int8_dynamic", "int8_weight_only", "int4_weight_only", "float8_dynamic")},
+    "bf16": "onnxruntime's CPU provider has no bfloat16 Gemm: pick quantize=fp16 or none for onnxruntime, "
+            "or compile=inductor",
+}
+
+
 @compile_backend("onnxruntime", summary="ONNX (dynamo exporter) run in an onnxruntime InferenceSession",
-                 form=Form.ORT, accepts=EXPORTABLE, refusals=REFUSALS)
+                 form=Form.ORT, accepts=EXPORTABLE, refusals=REFUSALS, refuses_recipes=_ORT_RECIPES)
 def onnxruntime(job: CompileJob) -> Any:
     import onnxruntime as ort
 

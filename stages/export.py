@@ -100,7 +100,7 @@ class ExportStage:
 
     def preflight(self, env: Environment) -> list[Problem]:
         problems = []
-        method = _quantize_method(env)
+        method = env.quantize_method_before("export")
         for fmt in self.formats:
             if method in fmt.refuses_recipes:
                 problems.append(Problem("export.formats", fmt.name, f"a format that can follow quantize={method}",
@@ -191,14 +191,6 @@ class ExportStage:
                  "versions": _package_versions(fmt.packages), **extra,
                  "metrics": {"export_s": export_s, "size_mb": size / 1e6, "reload_max_abs_error": error}}
         return entry, reloaded
-
-
-def _quantize_method(env: Environment) -> str | None:
-    """The quantize recipe that runs before export in this pipeline, if any."""
-    pipeline = list(env.pipeline)
-    if "quantize" not in pipeline or "export" not in pipeline or pipeline.index("quantize") > pipeline.index("export"):
-        return None
-    return (env.config.get("quantize") or {}).get("method")
 
 
 def _check_inputs(artifact: Artifact) -> list[ModelInputs]:

@@ -89,6 +89,8 @@ def test_keyword_inputs_and_channels_last_through_runtimes(tmp_path):
     (("quantize=legacy_dynamic", "compile=onnxruntime"), "pipeline[3]",
      "packed quantized layers (legacy_dynamic) cannot go through torch.export"),
     (("quantize=legacy_dynamic", "compile=aoti"), "pipeline[3]", "cannot go through torch.export"),
+    (("quantize=bf16", "compile=onnxruntime"), "compile.backend", "no bfloat16 Gemm"),
+    (("quantize=int8_dynamic", "compile=onnxruntime"), "compile.backend", "cannot convert torchao's"),
 ])
 def test_the_plan_refuses_what_cannot_work(overrides, key, reason):
     config, choices = compose(*TINY, *overrides)
