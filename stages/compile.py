@@ -17,6 +17,7 @@ import copy
 import enum
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,7 +176,10 @@ class CompileStage:
         inputs = artifact.example.inputs
         if self.config.channels_last:
             runnable = ChannelsLastInputs(runnable)
-        with torch.inference_mode():
+        with torch.inference_mode(), warnings.catch_warnings():
+            # torchao's tensor subclasses lack a cache-hash hook; inductor says so once per type
+            # while compiling (at this first call): noise, not news. Timed calls stay unwrapped.
+            warnings.filterwarnings("ignore", message=".*_stable_hash_for_caching")
             call(runnable, inputs)
         if artifact.device.startswith("cuda"):
             torch.cuda.synchronize()

@@ -2,7 +2,6 @@
 cudagraphs (inductor's reduce-overhead mode: CUDA graphs, CUDA only)."""
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
@@ -35,20 +34,7 @@ def _compile(job: CompileJob, mode: CompileMode) -> Any:
     inductor_config.autotune_num_choices_displayed = 0
     compiled = torch.compile(job.model, backend="inductor", mode=mode.value, fullgraph=job.config.fullgraph,
                              dynamic=job.config.dynamic)
-    return _QuietFirstCall(compiled)
-
-
-class _QuietFirstCall:
-    """The compiled callable; torchao's tensor subclasses lack a cache-hash hook and inductor
-    says so once per type while compiling: that warning is noise, not news."""
-
-    def __init__(self, compiled: Any):
-        self.compiled = compiled
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*_stable_hash_for_caching")
-            return self.compiled(*args, **kwargs)
+    return compiled
 
 
 @compile_backend("inductor", summary="torch.compile (inductor), compile.mode as set", accepts=COMPILABLE,
