@@ -25,7 +25,8 @@ def build(artifact: Artifact, choices: Mapping[str, str], run_dir: Path, wall_s:
         "latency_ms": {},
         "mlflow": {"run_id": tracking.run_id, "tracking_uri": tracking.uri, "experiment": tracking.experiment},
         "warnings": dict(record.warnings),
-        "exports": [str(p) for k, p in artifact.files.items() if k.startswith("export.") and p.suffix != ".json"],
+        "exports": [str(p) for k, p in artifact.files.items()
+                    if k.startswith("export.") and p.suffix != ".json" and k != "export.example"],
     }
     for role, name in (("baseline", "baseline"), ("optimized", "candidate")):
         if f"benchmark.{name}.p50_ms" in m:
@@ -127,6 +128,9 @@ def render(summary: Mapping[str, Any], mlflow_complete: bool = True) -> str:
         uri = mlflow["tracking_uri"]
         ui = uri if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}"
         lines.append(f"  {'open the UI':<20}{ui}")
+        for fmt, model in mlflow.get("models", {}).items():
+            registered = f"   registered {model['registered'].replace('/', ' version ')}" if model["registered"] else ""
+            lines.append(f"  {'MLflow model':<20}{model['uri']} ({fmt}){registered}")
     lines.append(f"  {'run dir':<20}{relative(summary['run_dir'])}")
     for message in summary.get("warnings", {}).values():
         lines.append(f"  warning: {message}")

@@ -13,7 +13,9 @@ the benchmark stage times.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import logging
 import sys
@@ -39,6 +41,19 @@ TEXT_FILES = ("config.yaml", "plan.txt")       # written by the job into the run
 QUIET_STAGES = frozenset({"benchmark"})        # no system-metrics sampling while these time
 DIGEST_CHARS = 16                              # of the sha256 shown as MLflow's dataset digest (max 36)
 T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def _mlflow_quiet():
+    """MLflow's own progress lines (stderr prints, INFO/WARNING logs) off for a block."""
+    logger = logging.getLogger("mlflow")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def relog_command(run_dir: str) -> str:
@@ -330,6 +345,24 @@ class MlflowTracker:
                 self.client.log_artifact(self.run_id, str(error_file))
         if record.reason:
             self.client.set_tag(self.run_id, "ptflow.kill_reason", record.reason[:MAX_TAG])
+        manifest = record.files.get("export.manifest")
+        if record.status == "FINISHED" and self.config.log_models and manifest and Path(manifest).is_file():
+            self._log_models(Path(manifest))
+
+    def _log_models(self, manifest: Path) -> None:
+        """The exported pt2/onnx files as MLflow models (registered when export.register_as says)."""
+        from ptflow.mlflow_models import MODEL_TAG, REGISTERED_TAG, log_exported_models
+
+        present = self.client.get_run(self.run_id).data.tags
+        with _mlflow_quiet():   # MLflow prints "Successfully registered ..."; the summary says it once
+            logged = log_exported_models(self.uri, self.run_id, manifest, present)
+        for model in logged:
+            tags = {MODEL_TAG.format(fmt=model.format): model.uri}
+            if model.registered:
+                tags[REGISTERED_TAG] = model.registered
+            self._log_tags(tags)   # MLflow's only: a relog into another store logs its own models
+            shown = self.record.summary.setdefault("mlflow", {}).setdefault("models", {})
+            shown[model.format] = {"uri": model.uri, "registered": model.registered}
 
     def _log_batch(self, params: Mapping[str, str] | None = None,
                    metrics: Mapping[str, float] | None = None) -> None:

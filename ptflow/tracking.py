@@ -47,6 +47,7 @@ class TrackingConfig:
     run_name: str | None = None       # null: derived from what ran (ptflow.naming), unique per run
     name_groups: tuple[str, ...] = ("model", "quantize", "compile")   # named when their stage runs
     log_exports: bool = True          # copy exported model files into the run's artifacts
+    log_models: bool = True           # log the exported pt2 (and onnx) as MLflow models (signature, example)
     http_timeout_s: int = 30          # per MLflow request to an http(s) server
     http_retries: int = 2             # retries per request (backoff 1 s, 2 s, ...)
     system_metrics: bool = False      # sample CPU/memory/disk/network (+GPU) while the run goes; needs psutil

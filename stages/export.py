@@ -5,6 +5,11 @@ under a temporary name, reloaded into a fresh object and run on every eval batch
 second size of each dynamic dim) against the in-memory model; only when every format
 passed are they renamed into place, and the manifest is written last: a manifest next to
 the files means all of them are complete and checked. If any format fails, none is kept.
+An input example with the outputs it gives (``<name>.example.safetensors``) goes with them.
+
+The stage never talks to MLflow: the tracker logs the pt2 (and onnx) file as an MLflow
+model from the manifest once the run has finished, and registers it when
+``export.register_as`` names a registered model.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -29,11 +35,14 @@ from ptflow.errors import ConfigError, InputError, Problem, invalid_choice
 from ptflow.files import creatable_dir_problem, partial_file, write_atomic
 from ptflow.spec import BATCH_DIM, ModelInputs, call, export_example, flatten_outputs
 from ptflow.stage import Environment, RunContext, register_stage
-from ptflow.stages.export_formats import (ExportFormat, ExportJob, formats, output_packages,
-                                          register_output_types)
+from ptflow.stages.export_example import write_example
+from ptflow.stages.export_formats import (TENSOR_SUBCLASS_RECIPES, ExportFormat, ExportJob, formats,
+                                          output_packages, register_output_types)
 from ptflow.targets import resolve_path
 
 TORCH_EXPORT_FORMS = frozenset(Form)   # minus what a chosen format refuses (consumes())
+MLFLOW_MODEL_FORMATS = ("pt2", "onnx")  # logged as MLflow models; register_as registers the first present
+_REGISTERED_NAME = re.compile(r"^[A-Za-z0-9][\w.\- ]{0,254}$")
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,7 @@ class ExportConfig:
     verify: bool = True           # reload each file and compare it with the in-memory model
     tolerance: dict[str, float] = field(default_factory=dict)   # per format; absent: the format's default
     opset: int | None = None      # ONNX opset; null: the exporter's default
+    register_as: str | None = None   # register the MLflow model (pt2, else onnx) under this name
     format: str | None = None     # removed (was the single format): kept only to say what replaced it
 
     def __post_init__(self) -> None:
@@ -71,6 +81,15 @@ class ExportConfig:
                                          "set export.verify=false to skip the check instead")
         if self.opset is not None and not 7 <= self.opset <= 30:
             raise ConfigError.single("opset", self.opset, "an ONNX opset such as 18, or null")
+        if self.register_as is not None:
+            if not _REGISTERED_NAME.match(str(self.register_as)):
+                raise ConfigError.single("register_as", self.register_as,
+                                         "a registered model name: letters, digits, '_', '-', '.', spaces "
+                                         "(e.g. digits-classifier), or null")
+            if not any(name in MLFLOW_MODEL_FORMATS for name in self.formats):
+                raise ConfigError.single("register_as", self.register_as,
+                                         f"a format MLflow can register in export.formats ({' or '.join(MLFLOW_MODEL_FORMATS)})",
+                                         f"add pt2: export.formats=[pt2,{','.join(self.formats)}]")
 
     def tolerance_of(self, fmt: ExportFormat) -> float:
         return float(self.tolerance.get(fmt.name, fmt.tolerance))
@@ -105,6 +124,12 @@ class ExportStage:
             if method in fmt.refuses_recipes:
                 problems.append(Problem("export.formats", fmt.name, f"a format that can follow quantize={method}",
                                         fmt.refuses_recipes[method]))
+        if self.config.register_as is not None:
+            tracking = env.config.get("tracking") or {}
+            if tracking.get("backend") != "mlflow" or not tracking.get("log_models", True):
+                problems.append(Problem("export.register_as", self.config.register_as,
+                                        "tracking=mlflow with tracking.log_models=true (the registry is MLflow's)",
+                                        "drop export.register_as, or use tracking=mlflow"))
         if self.config.dir:
             reason = creatable_dir_problem(resolve_path(self.config.dir))
             if reason:
@@ -139,10 +164,17 @@ class ExportStage:
                 metrics.update({f"export.{fmt.name}.{k}": v for k, v in entry["metrics"].items()})
                 entries.append(entry)
                 moves.append((partial, target))
+            example_target = out_dir / f"{self.config.name}.example.safetensors"
+            example_partial = stack.enter_context(partial_file(
+                out_dir / f".{self.config.name}.partial-{os.getpid()}.example.safetensors"))
+            example = write_example(example_partial, artifact, artifact.module, expected)
+            example.update(file=example_target.name, sha256=_sha256(example_partial))
+            moves.append((example_partial, example_target))
             first = self.formats[0].name   # the run's headline export metrics: the first format's
             metrics.update({f"export.{k}": metrics[f"export.{first}.{k}"]
                             for k in ("export_s", "size_mb", "reload_max_abs_error")})
             manifest = _manifest(artifact, ctx, entries, sample_output, {**artifact.metrics, **metrics})
+            manifest.update(example=example, register_as=self.config.register_as)
             # All complete and checked: they may take their final names. Until here an earlier
             # export in this dir stayed intact; from here its manifest must not vouch for new files.
             manifest_path.unlink(missing_ok=True)
@@ -155,6 +187,7 @@ class ExportStage:
                 target.unlink(missing_ok=True)
             raise
         files = {f"export.{fmt.name}": target for fmt, (_, target) in zip(self.formats, moves)}
+        files["export.example"] = example_target
         files["export.manifest"] = manifest_path
         if reloaded_program is not None:
             artifact = artifact.evolve(model=reloaded_program, module=reloaded_program, form=Form.EXPORTED)
@@ -281,8 +314,12 @@ def _manifest(artifact: Artifact, ctx: RunContext, entries: list[dict[str, Any]]
               metrics: dict[str, float]) -> dict[str, Any]:
     """Every file with what loading it needs; the inputs (str shapes = dynamic dims) and the run."""
     extra = sorted(output_packages(sample_output))   # e.g. transformers: its output classes
+    subclassed = any(r.name == "quantize" and r.config.get("method") in TENSOR_SUBCLASS_RECIPES
+                     for r in artifact.lineage)
     for entry in entries:
         entry["versions"].update(_package_versions(tuple(extra)))
+        if subclassed and entry["format"] in ("pt2", "aoti"):   # torchao's ops: loading imports it
+            entry["versions"].update(_package_versions(("torchao",)))
     return {
         "files": entries,
         "source_form": artifact.form.value,
