@@ -127,11 +127,17 @@ def _log(flavor: Any, manifest: Mapping[str, Any], fmt: str, run_id: str, regist
     """Model.log with a flavor writing the file as is. MLflow's serving check (reload and
     predict the example) is off: the export stage already reloaded this very file fresh and
     compared it on every eval batch, and the check would cost seconds per run."""
+    import mlflow
     from mlflow.models import Model
 
-    info = Model.log(artifact_path=None, name=model_name(manifest, fmt), flavor=flavor, run_id=run_id,
+    # Created here, in the run's experiment: Model.log alone would put it in MLflow's active
+    # (default: 0) experiment, with its artifacts under ./mlruns of whatever dir ptflow ran in.
+    experiment_id = mlflow.MlflowClient().get_run(run_id).info.experiment_id
+    model = mlflow.initialize_logged_model(
+        name=model_name(manifest, fmt), source_run_id=run_id, experiment_id=experiment_id,
+        tags={"ptflow.format": fmt, "ptflow.config_hash": str(manifest.get("config_hash"))})
+    info = Model.log(artifact_path=None, flavor=flavor, run_id=run_id, model_id=model.model_id,
                      registered_model_name=registered_name, await_registration_for=AWAIT_REGISTRATION_S,
-                     tags={"ptflow.format": fmt, "ptflow.config_hash": str(manifest.get("config_hash"))},
                      **kwargs)
     registered = (f"{registered_name}/{info.registered_model_version}"
                   if registered_name and info.registered_model_version is not None else None)

@@ -92,6 +92,10 @@ def test_the_onnx_file_is_an_mlflow_model_served_by_onnxruntime(registered, stor
     assert np.allclose(out, example["output"], atol=1e-3)
     logged = mlflow.MlflowClient().get_logged_model(run.data.tags["ptflow.model.onnx"].removeprefix("models:/"))
     assert logged.source_run_id == run.info.run_id and logged.name == "model-onnx"
+    # in the run's experiment, its artifacts in the store's artifact root (never ./mlruns)
+    assert logged.experiment_id == run.info.experiment_id and str(logged.status).endswith("READY")
+    assert str(registered.outputs / "mlartifacts") in logged.artifact_location
+    assert not (registered.cwd / "mlruns").exists()
 
 
 def test_relog_into_another_store_logs_and_registers_the_models_there(registered, tmp_path):
@@ -100,8 +104,9 @@ def test_relog_into_another_store_logs_and_registers_the_models_there(registered
     (run_dir,) = registered.outputs.glob("runs/*/*")
     other = f"sqlite:///{tmp_path / 'other.db'}"
     proc = subprocess.run([sys.executable, "-m", "ptflow.runs_cli", "relog", str(run_dir), "--tracking-uri", other],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "mlruns").exists()   # the models' artifacts went next to other.db
     client = mlflow.MlflowClient(other)
     (run,) = client.search_runs([client.get_experiment_by_name("ptflow").experiment_id])
     assert {"ptflow.model.pt2", "ptflow.model.onnx"} <= set(run.data.tags)
