@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -80,10 +81,16 @@ _ONNX_RECIPES["bf16"] = ("onnxruntime's CPU provider has no bfloat16 Gemm, so th
                load_hint="import onnxruntime; s = onnxruntime.InferenceSession({file!r})",
                refuses=_ONNX_REFUSES, refuses_recipes=_ONNX_RECIPES)
 def write_onnx(job: ExportJob, path: Path) -> dict[str, Any]:
+    onnx_logger = logging.getLogger("torch.onnx")   # "torchvision is not installed. Skipping ..." x4
+    level = onnx_logger.level
+    onnx_logger.setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        onnx_program = torch.onnx.export(job.program(), (), dynamo=True, opset_version=job.opset,
-                                         verbose=False, optimize=True)
+        try:
+            onnx_program = torch.onnx.export(job.program(), (), dynamo=True, opset_version=job.opset,
+                                             verbose=False, optimize=True)
+        finally:
+            onnx_logger.setLevel(level)
     proto = onnx_program.model_proto
     proto.producer_version = torch.__version__.split("+")[0]
     data = proto.SerializeToString(deterministic=True)

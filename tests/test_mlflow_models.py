@@ -90,6 +90,9 @@ def test_the_onnx_file_is_an_mlflow_model_served_by_onnxruntime(registered, stor
     example = _example(export_dir)
     (out,) = model.predict(example["input.pixels"]).values()
     assert np.allclose(out, example["output"], atol=1e-3)
+    local = Path(mlflow.artifacts.download_artifacts(run.data.tags["ptflow.model.onnx"]))
+    onnx_entry = next(e for e in _manifest(registered)[0]["files"] if e["format"] == "onnx")
+    assert hashlib.sha256((local / "model.onnx").read_bytes()).hexdigest() == onnx_entry["sha256"]
     logged = mlflow.MlflowClient().get_logged_model(run.data.tags["ptflow.model.onnx"].removeprefix("models:/"))
     assert logged.source_run_id == run.info.run_id and logged.name == "model-onnx"
     # in the run's experiment, its artifacts in the store's artifact root (never ./mlruns)
