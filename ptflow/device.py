@@ -151,6 +151,55 @@ def apply(config: DeviceConfig) -> list[tuple[str, str]]:
     return warnings
 
 
+CUBLAS_WORKSPACE = ":4096:8"   # what cuBLAS needs for deterministic results (CUDA >= 10.2)
+
+
+def seed_everything(seed: int) -> list[str]:
+    """Seed torch (CPU and every CUDA device), python's `random` and numpy; returns what was seeded."""
+    import random
+
+    import torch
+
+    torch.manual_seed(seed)
+    random.seed(seed)
+    seeded = ["torch", "random"]
+    try:
+        import numpy
+    except ImportError:
+        return seeded
+    numpy.random.seed(seed % 2**32)   # numpy takes 0..2**32-1; ptflow's seeds span torch's range
+    return [*seeded, "numpy"]
+
+
+def apply_determinism(mode: bool | str, config: DeviceConfig) -> tuple[dict[str, str | bool], list[tuple[str, str]]]:
+    """Put `deterministic` (false, true or 'warn') in force, both ways: an earlier run in this
+    process must not leave it on. Call before CUDA does any work: cuBLAS reads
+    CUBLAS_WORKSPACE_CONFIG once per process. Returns (settings for the record, warnings)."""
+    import torch
+
+    enabled = mode is not False
+    warnings: list[tuple[str, str]] = []
+    if enabled and config.type is DeviceType.CUDA and not os.environ.get("CUBLAS_WORKSPACE_CONFIG"):
+        if torch.cuda.is_initialized():
+            warnings.append(("deterministic", "CUBLAS_WORKSPACE_CONFIG was set after CUDA started in this "
+                             "process (an earlier run here), so cuBLAS may not be deterministic; set "
+                             f"CUBLAS_WORKSPACE_CONFIG={CUBLAS_WORKSPACE} in the environment before running ptflow"))
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
+    torch.use_deterministic_algorithms(enabled, warn_only=mode == "warn")
+    torch.backends.cudnn.deterministic = enabled
+    if enabled:
+        torch.backends.cudnn.benchmark = False   # the plan refuses device.cudnn_benchmark=true with it
+    settings: dict[str, str | bool] = {
+        "deterministic": mode if isinstance(mode, str) else str(mode).lower(),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "deterministic_warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+        "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+    }
+    if config.type is DeviceType.CUDA:
+        settings["cublas_workspace_config"] = os.environ.get("CUBLAS_WORKSPACE_CONFIG", "")
+    return settings, warnings
+
+
 def capture(config: DeviceConfig) -> dict[str, str | int | bool]:
     """The settings actually in force, for the record."""
     import torch

@@ -57,16 +57,18 @@ def run(config: dict[str, Any], config_yaml: str, choices: dict[str, str], overr
         settings = plan.settings
         job = job or JobInfo()
         record.run_name = naming.run_name(plan, job)
-        record.tags = naming.run_tags(plan, job, record)
+        record.tags = {**naming.run_tags(plan, job, record), **settings.tags}   # the plan refused clashes
+        if settings.reproduces:
+            record.tags["ptflow.reproduces"] = settings.reproduces
         run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(run_dir / "config.yaml", config_yaml)
         write_atomic(run_dir / "plan.txt", plan.render() + "\n")
-        import torch
-
-        for key, message in device.apply(settings.device):
+        determinism, warnings = device.apply_determinism(settings.deterministic, settings.device)
+        for key, message in warnings + device.apply(settings.device):
             warn(key, message)
-        torch.manual_seed(settings.seed)
-        record.settings = device.capture(settings.device)
+        seeded = device.seed_everything(settings.seed)   # before the model is built (random init)
+        record.settings = {**device.capture(settings.device), **determinism,
+                           "seed": settings.seed, "seeded": ",".join(seeded)}
         ctx = RunContext(run_dir, settings.device.name, settings.seed, config_hash(config),
                          record.settings, engine.progress, warn)
         record.save()

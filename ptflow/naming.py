@@ -31,7 +31,7 @@ from ptflow.record import RunRecord
 from ptflow.stage import load_stages
 
 # Top-level keys that change where or whether a run is recorded, not what it runs.
-UNNAMED_KEYS = frozenset({"hydra", "tracking", "outputs_dir", "dry_run", "plugins"})
+UNNAMED_KEYS = frozenset({"hydra", "tracking", "outputs_dir", "dry_run", "plugins", "tags", "reproduces"})
 # Shapes the run but is named already: by the groups of its stages, and by tag `pipeline`.
 NAMED_ELSEWHERE = frozenset({"pipeline"})
 NAMED_OVERRIDES_CHARS = 100     # the overrides part of a run name, at most

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
-import hashlib
 import json
 import os
 import platform
@@ -32,7 +31,7 @@ import torch
 
 from ptflow.artifact import Artifact, Form
 from ptflow.errors import ConfigError, InputError, Problem, invalid_choice
-from ptflow.files import creatable_dir_problem, partial_file, write_atomic
+from ptflow.files import creatable_dir_problem, partial_file, sha256_file, write_atomic
 from ptflow.spec import BATCH_DIM, ModelInputs, call, export_example, flatten_outputs
 from ptflow.stage import Environment, RunContext, register_stage
 from ptflow.stages.export_example import write_example
@@ -168,7 +167,7 @@ class ExportStage:
             example_partial = stack.enter_context(partial_file(
                 out_dir / f".{self.config.name}.partial-{os.getpid()}.example.safetensors"))
             example = write_example(example_partial, artifact, artifact.module, expected)
-            example.update(file=example_target.name, sha256=_sha256(example_partial))
+            example.update(file=example_target.name, sha256=sha256_file(example_partial))
             moves.append((example_partial, example_target))
             first = self.formats[0].name   # the run's headline export metrics: the first format's
             metrics.update({f"export.{k}": metrics[f"export.{first}.{k}"]
@@ -219,7 +218,7 @@ class ExportStage:
         if reloaded is None and fmt.name == "pt2":
             reloaded = job.program().module()
         size = partial.stat().st_size
-        entry = {"format": fmt.name, "file": target.name, "sha256": _sha256(partial), "size_bytes": size,
+        entry = {"format": fmt.name, "file": target.name, "sha256": sha256_file(partial), "size_bytes": size,
                  "load": fmt.load_hint.format(file=target.name), "tolerance": tolerance,
                  "versions": _package_versions(fmt.packages), **extra,
                  "metrics": {"export_s": export_s, "size_mb": size / 1e6, "reload_max_abs_error": error}}
@@ -289,14 +288,6 @@ def _check_free_space(path: Path, expected_mb: float) -> None:
     if expected_mb and free_mb < expected_mb * 1.1:
         raise OSError(errno.ENOSPC, f"{free_mb:.1f} MB free, the export needs about {expected_mb:.1f} MB",
                       str(path))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _package_versions(packages: tuple[str, ...]) -> dict[str, str]:
