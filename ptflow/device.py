@@ -8,6 +8,7 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
+from ptflow import device_info
 from ptflow.errors import ConfigError, Problem
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -34,6 +35,7 @@ class DeviceConfig:
     interop_threads: int | None = None  # inter-op threads; settable once per process
     matmul_precision: MatmulPrecision = MatmulPrecision.HIGHEST
     cudnn_benchmark: bool = False
+    cpus: str | int | tuple[int, ...] | None = None   # pin to these cores ('0-3,6', [0, 1]; the seed's taskset); None: as started
 
     def __post_init__(self) -> None:
         for key, null in (("threads", "half the usable cores"), ("interop_threads", "torch's default")):
@@ -42,6 +44,16 @@ class DeviceConfig:
                 raise ConfigError.single(key, value, f"a positive thread count or null ({null})")
         if self.index < 0:
             raise ConfigError.single("index", self.index, "a device index >= 0")
+        if self.cpus is not None:
+            try:
+                device_info.parse_cpu_list(self.cpus)
+            except ValueError as error:
+                raise ConfigError.single("cpus", self.cpus, f"a CPU list such as '0-3,6' or null ({error})",
+                                         "cores as taskset -c takes them; null keeps the process's own") from None
+
+    @property
+    def pinned(self) -> list[int] | None:
+        return None if self.cpus is None else device_info.parse_cpu_list(self.cpus)
 
     @property
     def name(self) -> str:
@@ -50,6 +62,16 @@ class DeviceConfig:
 
 def check(config: DeviceConfig) -> list[Problem]:
     """Can this machine provide the requested device? (imports torch only for CUDA)."""
+    if config.pinned is not None:
+        allowed = started_on()
+        outside = [core for core in config.pinned if core not in allowed]
+        if outside:
+            where = f"{os.cpu_count()} cores" if len(allowed) == (os.cpu_count() or 0) else "its CPU affinity"
+            shown = list(config.cpus) if isinstance(config.cpus, tuple) else config.cpus
+            return [Problem("device.cpus", shown,
+                            f"cores this process may run on: {device_info.cpu_list_text(allowed)}",
+                            f"core(s) {device_info.cpu_list_text(outside)} do not exist or are outside {where}; "
+                            "pick from that list, or null to keep the process's own")]
     if config.type is not DeviceType.CUDA:
         return []
     import torch
@@ -135,8 +157,10 @@ def apply(config: DeviceConfig) -> list[tuple[str, str]]:
     about settings that could not be honoured or will hurt the measurements."""
     import torch
 
+    _pin(config.pinned)   # before counting usable cores: threads: null is half the pinned set
     threads, warnings = thread_count(config, usable_cores_here())
     torch.set_num_threads(threads)
+    warnings += _align_thread_variables(threads)
     if config.interop_threads is not None and config.interop_threads != torch.get_num_interop_threads():
         try:
             torch.set_num_interop_threads(config.interop_threads)
@@ -148,6 +172,42 @@ def apply(config: DeviceConfig) -> list[tuple[str, str]]:
     torch.backends.cudnn.benchmark = config.cudnn_benchmark
     if config.type is DeviceType.CUDA:
         torch.cuda.set_device(config.index)
+    return warnings
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+_STARTED_ON: list[int] = []   # the process's own affinity, before any job pinned it
+
+
+def started_on() -> list[int]:
+    """The cores this process could run on before ptflow pinned it (device.cpus)."""
+    if not _STARTED_ON:
+        _STARTED_ON.extend(device_info.allowed_cpus())
+    return list(_STARTED_ON)
+
+
+def _pin(cores: list[int] | None) -> None:
+    """Pin to `cores`, or back to where the process started (a later job of an in-process
+    sweep without device.cpus must not inherit an earlier job's pinning)."""
+    if not hasattr(os, "sched_setaffinity"):
+        return
+    wanted = cores if cores is not None else started_on()
+    started_on()
+    if set(wanted) != set(device_info.allowed_cpus()):
+        os.sched_setaffinity(0, wanted)
+
+
+def _align_thread_variables(threads: int) -> list[tuple[str, str]]:
+    """OMP/MKL_NUM_THREADS set to the intra-op thread count in force (for libraries that read
+    them later, and child processes); a different value the user set is replaced, with a warning."""
+    warnings = []
+    for name in THREAD_VARIABLES:
+        given = os.environ.get(name)
+        if given is not None and given != str(threads):
+            warnings.append((f"device.{name.lower()}", f"{name}={given} differs from the {threads} intra-op "
+                             f"thread(s) ptflow runs with (device.threads): set to {threads} so every library "
+                             "uses the same count; set device.threads to change it"))
+        os.environ[name] = str(threads)
     return warnings
 
 
@@ -214,8 +274,18 @@ def capture(config: DeviceConfig) -> dict[str, str | int | bool]:
         "matmul_precision": torch.get_float32_matmul_precision(),
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
     }
+    cores = device_info.allowed_cpus()
+    settings.update(cpu_count=os.cpu_count() or 0, cpu_affinity=device_info.cpu_list_text(cores),
+                    usable_cores=usable_cores_here(), omp_num_threads=os.environ.get("OMP_NUM_THREADS", ""))
+    governor = device_info.governor(cores)
+    if governor:
+        settings["cpu_governor"] = governor
     if config.type is DeviceType.CUDA:
         settings["cuda_version"] = str(torch.version.cuda)
+        settings["cudnn_version"] = str(torch.backends.cudnn.version())
+        driver = device_info.gpu_state(config.index).get("gpu_driver")
+        if driver:
+            settings["gpu_driver"] = driver
     return settings
 
 
