@@ -26,6 +26,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/recipes.py
 	cd bench && ../$(BIN)/python quantize.py && ../$(BIN)/python calibration.py && ../$(BIN)/python compile.py
 	$(BIN)/python bench/cli_startup.py
+	$(BIN)/python bench/protocol.py
 	$(BIN)/python bench/faults.py
 
 clean:

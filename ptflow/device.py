@@ -177,6 +177,7 @@ def apply(config: DeviceConfig) -> list[tuple[str, str]]:
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 _STARTED_ON: list[int] = []   # the process's own affinity, before any job pinned it
+_SET_BY_US: dict[str, str] = {}   # thread variables ptflow set (an earlier in-process job's are not the user's)
 
 
 def started_on() -> list[int]:
@@ -203,11 +204,11 @@ def _align_thread_variables(threads: int) -> list[tuple[str, str]]:
     warnings = []
     for name in THREAD_VARIABLES:
         given = os.environ.get(name)
-        if given is not None and given != str(threads):
+        if given is not None and given != str(threads) and given != _SET_BY_US.get(name):
             warnings.append((f"device.{name.lower()}", f"{name}={given} differs from the {threads} intra-op "
                              f"thread(s) ptflow runs with (device.threads): set to {threads} so every library "
                              "uses the same count; set device.threads to change it"))
-        os.environ[name] = str(threads)
+        os.environ[name] = _SET_BY_US[name] = str(threads)
     return warnings
 
 

@@ -10,6 +10,8 @@ from ptflow.artifact import Artifact
 from ptflow.record import RunRecord
 
 RECIPE_GROUPS = ("quantize", "compile")    # each group is applied by the stage of its name
+ROLES = (("baseline", "baseline"), ("optimized", "candidate"))   # (the summary's name, benchmark's)
+PERCENTILES = ("p50", "p90", "p95", "p99")
 
 
 def build(artifact: Artifact, choices: Mapping[str, str], run_dir: Path, wall_s: float,
@@ -28,15 +30,29 @@ def build(artifact: Artifact, choices: Mapping[str, str], run_dir: Path, wall_s:
         "exports": [str(p) for k, p in artifact.files.items()
                     if k.startswith("export.") and p.suffix != ".json" and k != "export.example"],
     }
-    for role, name in (("baseline", "baseline"), ("optimized", "candidate")):
+    for role, name in ROLES:
         if f"benchmark.{name}.p50_ms" in m:
-            summary["latency_ms"][role] = {q: m[f"benchmark.{name}.{q}_ms"] for q in ("p50", "p90", "p99")}
+            summary["latency_ms"][role] = {q: m[f"benchmark.{name}.{q}_ms"] for q in PERCENTILES
+                                           if f"benchmark.{name}.{q}_ms" in m}
+            unsupported = [q for q in PERCENTILES if m.get(f"benchmark.{name}.{q}_supported") == 0.0]
+            if unsupported:   # too few samples for these: the value is close to the largest sample
+                summary.setdefault("unsupported", {})[role] = {"n": int(m[f"benchmark.{name}.n"]),
+                                                               "percentiles": unsupported}
+            if f"benchmark.{name}.cold_ms" in m:
+                summary.setdefault("cold_ms", {})[role] = m[f"benchmark.{name}.cold_ms"]
             if f"benchmark.{name}.dispersion" in m:
                 summary.setdefault("dispersion", {})[role] = m[f"benchmark.{name}.dispersion"]
     if "benchmark.unstable" in m:
         summary["unstable"] = bool(m["benchmark.unstable"])
+    if "benchmark.invalid" in m:
+        summary["invalid"] = bool(m["benchmark.invalid"])
     if "benchmark.speedup_p50" in m:
         summary["speedup_p50"] = m["benchmark.speedup_p50"]
+    if "benchmark.speedup_ci_low" in m:
+        summary["speedup_ci"] = [m["benchmark.speedup_ci_low"], m["benchmark.speedup_ci_high"]]
+    sizes = sorted({int(k.split(".")[1][2:]) for k in m if k.startswith("benchmark.bs") and k.endswith(".p50_ms")})
+    if sizes:
+        summary["by_batch_size"] = {size: _size_row(m, f"benchmark.bs{size}") for size in sizes}
     name = artifact.task_metric
     if name and f"validate.{name}" in m:
         summary["task_metric"] = {"name": name, "baseline": m[f"validate.{name}"],
@@ -56,6 +72,15 @@ def build(artifact: Artifact, choices: Mapping[str, str], run_dir: Path, wall_s:
     return summary
 
 
+def _size_row(m: Mapping[str, float], prefix: str) -> dict[str, Any]:
+    """One batch size's p50s and paired speedup (benchmark.batch_sizes)."""
+    row: dict[str, Any] = {role: m.get(f"{prefix}.{name}.p50_ms") for role, name in ROLES}
+    if f"{prefix}.speedup_p50" in m:
+        row.update(speedup_p50=m[f"{prefix}.speedup_p50"],
+                   speedup_ci=[m[f"{prefix}.speedup_ci_low"], m[f"{prefix}.speedup_ci_high"]])
+    return row
+
+
 def recipe(summary: Mapping[str, Any]) -> list[str]:
     """The options of the recipe groups whose stage ran: a pipeline without quantize has no
     quantization recipe, whatever `quantize` was set to."""
@@ -70,15 +95,26 @@ def one_line(summary: Mapping[str, Any]) -> str:
     if p50 is not None:
         parts.append(f"p50 {p50:.3f} ms")
     if "speedup_p50" in summary:
-        parts.append(f"{summary['speedup_p50']:.2f}x")
+        parts.append(speedup_text(summary))
     task = summary.get("task_metric") or {}
     if task.get("delta") is not None:
         parts.append(f"{task['name']} {task['delta']:+.4f}")
     if summary.get("accepted") is False:
         parts.append("REJECTED by the accuracy gate")
-    if summary.get("unstable"):
+    if summary.get("invalid"):
+        parts.append("INVALID timings")
+    elif summary.get("unstable"):
         parts.append("UNSTABLE timings")
     return " · ".join(parts)
+
+
+def speedup_text(summary: Mapping[str, Any]) -> str:
+    """'2.21x [2.17, 2.25]': the paired speedup and its 95% CI (when measured)."""
+    text = f"{summary['speedup_p50']:.2f}x"
+    if summary.get("speedup_ci"):
+        low, high = summary["speedup_ci"]
+        text += f" [{low:.2f}, {high:.2f}]"
+    return text
 
 
 def _num(value: float | None, digits: int = 3) -> str:
@@ -90,11 +126,22 @@ def render(summary: Mapping[str, Any], mlflow_complete: bool = True) -> str:
     lines = [f"ptflow summary · {picked} · {len(summary['stages_s'])} stages in {summary['wall_s']:.1f} s",
              f"  {'':<20}{'baseline':>12}{'optimized':>12}"]
     latency = summary["latency_ms"]
-    for q in ("p50", "p90", "p99"):
-        if "optimized" in latency:
+    unsupported = summary.get("unsupported", {})
+    for q in PERCENTILES:
+        if q in latency.get("optimized", {}):
             base = latency.get("baseline", {}).get(q)
-            extra = f"   speedup {summary['speedup_p50']:.2f}x" if q == "p50" and "speedup_p50" in summary else ""
+            extra = f"   speedup {speedup_text(summary)}" if q == "p50" and "speedup_p50" in summary else ""
+            short = [f"n={v['n']}" for v in unsupported.values() if q in v["percentiles"]]
+            if short:
+                extra += f"   ({short[0]}: too few samples for {q}, it is about the largest one)"
             lines.append(f"  {'latency ' + q + ' (ms)':<20}{_num(base):>12}{_num(latency['optimized'][q]):>12}{extra}")
+    cold = summary.get("cold_ms")
+    if cold and "optimized" in cold:
+        lines.append(f"  {'first call (ms)':<20}{_num(cold.get('baseline')):>12}{_num(cold['optimized']):>12}")
+    for size, row in (summary.get("by_batch_size") or {}).items():
+        speedup = f"   speedup {speedup_text(row)}" if row.get("speedup_p50") is not None else ""
+        lines.append(f"  {f'batch {size} p50 (ms)':<20}{_num(row.get('baseline')):>12}{_num(row.get('optimized')):>12}"
+                     f"{speedup}")
     task = summary.get("task_metric")
     if task:
         delta = f"   delta {task['delta']:+.4f}" if task.get("delta") is not None else ""
@@ -111,7 +158,9 @@ def render(summary: Mapping[str, Any], mlflow_complete: bool = True) -> str:
     dispersion = summary.get("dispersion")
     if dispersion:
         spread = ", ".join(f"{role} {value * 100:.1f}%" for role, value in dispersion.items())
-        lines.append(f"  {'timing spread':<20}IQR/median {spread}" + ("   UNSTABLE" if summary.get("unstable") else ""))
+        flag = "   INVALID: not a measurement" if summary.get("invalid") else \
+            "   UNSTABLE" if summary.get("unstable") else ""
+        lines.append(f"  {'timing spread':<20}IQR/median {spread}{flag}")
     size = summary["size_mb"]
     if size["before"] is not None:
         lines.append(f"  {'model size (MB)':<20}{_num(size['before'], 2):>12}{_num(size['after'], 2):>12}")

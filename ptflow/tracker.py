@@ -336,7 +336,8 @@ class MlflowTracker:
             self.client.log_artifact(self.run_id, str(summary_file))
         for name, text_path in record.files.items():
             path = Path(text_path)
-            if path.is_file() and (self.config.log_exports or path.suffix == ".json"):
+            # log_exports=false keeps the (large) model files out; the benchmark's figures always go
+            if path.is_file() and (self.config.log_exports or not name.startswith("export.") or path.suffix == ".json"):
                 self.client.log_artifact(self.run_id, str(path), artifact_path=f"files/{name}")
         error_file = run_dir / "error.txt"
         if record.error:

@@ -32,7 +32,7 @@ def test_default_pipeline_logs_sane_metrics(default_run):
     assert m["benchmark/top1_agreement"] > 0.97
     assert 0 < m["benchmark/max_abs_error"] < 1.0
     assert m["benchmark/candidate.p50_ms"] <= m["benchmark/candidate.p90_ms"] <= m["benchmark/candidate.p99_ms"]
-    assert m["benchmark/candidate.n"] == m["benchmark/baseline.n"] == 100
+    assert m["benchmark/candidate.n"] == m["benchmark/baseline.n"] >= 100   # iters is the minimum
     assert m["quantize/size_mb"] < m["load/size_mb"] / 2
     assert m["export/reload_max_abs_error"] <= 1e-4 and m["export/pt2.reload_max_abs_error"] <= 1e-4
     for stage in ("load", "validate", "quantize", "compile", "benchmark", "export"):

@@ -68,11 +68,13 @@ def test_pinning_applies_and_the_next_job_gets_its_cores_back(restore_process):
 
 
 def test_thread_variables_follow_the_threads_in_force(restore_process, monkeypatch):
+    monkeypatch.setattr(device, "_SET_BY_US", {})
     monkeypatch.setenv("OMP_NUM_THREADS", "7")
     warnings = dict(device.apply(DeviceConfig(threads=1)))
     assert os.environ["OMP_NUM_THREADS"] == "1" and os.environ["MKL_NUM_THREADS"] == "1"
     assert "OMP_NUM_THREADS=7" in warnings["device.omp_num_threads"]
     assert "device.mkl_num_threads" not in warnings   # not set by the user: set quietly
+    assert device.apply(DeviceConfig(threads=2)) == []   # a later in-process job: 1 was ptflow's, not the user's
 
 
 def test_capture_describes_the_machine():

@@ -3,21 +3,21 @@ timings too noisy to trust, and a thread count that oversubscribes the machine."
 from __future__ import annotations
 
 import math
-import random
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from ptflow import device, fidelity, measure
+from ptflow import device, fidelity, measure, stats
 from ptflow.artifact import Artifact, Form
 from ptflow.data import Split, make_batches
 from ptflow.device import DeviceConfig
 from ptflow.errors import ConfigError, InputError
 from ptflow.stage import RunContext
 from ptflow.accuracy import AccuracyConfig
-from ptflow.stages.benchmark import BenchmarkConfig, BenchmarkStage, BenchmarkStageConfig, stability
+from ptflow.stages.benchmark import BenchmarkConfig, BenchmarkStage, BenchmarkStageConfig, stability_warning
+from ptflow.stats import Stability
 from ptflow.stages.validate import ValidateConfig, ValidateStage
 
 ROWS, FEATURES, CLASSES = 6, 4, 3
@@ -142,61 +142,79 @@ def test_top1_agreement_for_class_scores():
 
 # --- noisy timings -------------------------------------------------------------------------
 
+@pytest.mark.parametrize("key", ["max_dispersion", "invalid_dispersion"])
 @pytest.mark.parametrize("value", [0, -0.1, math.nan])
-def test_max_dispersion_must_be_positive(value):
-    with pytest.raises(ConfigError, match="max_dispersion"):
-        BenchmarkConfig(max_dispersion=value)
+def test_dispersion_limits_must_be_positive(key, value):
+    with pytest.raises(ConfigError, match=key):
+        BenchmarkConfig(**{key: value})
 
 
-def _stats(center_ms: float, spread: float, n: int = 100) -> measure.LatencyStats:
-    rng = random.Random(int(center_ms * 1000 + spread * 100))
-    return measure.summarize([center_ms * (1 + rng.uniform(-spread, spread)) / 1e3 for _ in range(n)])
+def test_the_warning_says_what_the_class_means_and_what_to_do():
+    config = BenchmarkConfig()
+    unstable = stability_warning(Stability.UNSTABLE, {"candidate": 0.15}, config, threads=2)
+    for needle in ("timings are unstable", "candidate 0.15", "benchmark.max_dispersion=0.1", "quieter machine",
+                   "device.threads=1 (now 2)"):
+        assert needle in unstable
+    invalid = stability_warning(Stability.INVALID, {"baseline": 0.4}, config, threads=1)
+    for needle in ("timings are invalid", "baseline 0.40", "benchmark.invalid_dispersion=0.25",
+                   "benchmark.stability=invalid", "not a measurement"):
+        assert needle in invalid
+    assert "device.threads" not in invalid and "quieter machine" in invalid   # no advice already taken
 
 
-def test_steady_samples_are_stable():
-    unstable, warning = stability({"baseline": _stats(4.0, 0.02), "candidate": _stats(3.0, 0.02)}, 0.25)
-    assert not unstable and warning is None
+def _benchmarked(tmp_path: Path, samples_ms: dict[str, list[float]], monkeypatch,
+                 **config) -> tuple[Artifact, Context]:
+    """The benchmark stage with the protocol replaced by `samples_ms` (pair i = index i)."""
+    def fake_measure(runs, now_ns, protocol, progress=None):
+        warm = {role: measure.WarmUp(0.01, 3, 0.05, True, samples_ms[role][0] / 1e3, 1, ()) for role in runs}
+        timed = measure.Timed({role: [v / 1e3 for v in samples_ms[role]] for role in runs}, tuple(runs), 1, 0.1, True)
+        return warm, timed
 
-
-def test_noisy_samples_are_unstable_and_the_warning_says_what_to_do():
-    stats = {"baseline": _stats(4.0, 0.02), "candidate": _stats(3.0, 0.9)}
-    unstable, warning = stability(stats, 0.25, threads=2)
-    assert unstable
-    assert f"candidate {stats['candidate'].dispersion:.2f}" in warning and "baseline" not in warning
-    for needle in ("benchmark.max_dispersion=0.25", "quieter machine", "device.threads=1 (now 2)",
-                   "benchmark.iters"):
-        assert needle in warning
-    _, warning = stability(stats, 0.25, threads=1)
-    assert "device.threads" not in warning and "quieter machine" in warning   # no advice already taken
-
-
-def _benchmarked(tmp_path: Path, samples_ms: dict[str, list[float]], monkeypatch) -> tuple[Artifact, Context]:
-    monkeypatch.setattr(measure, "paired_latency",
-                        lambda fns, *args, **kwargs: {k: [v / 1e3 for v in samples_ms[k]] for k in fns})
+    monkeypatch.setattr(measure, "measure", fake_measure)
     context = Context(tmp_path)
     validated = ValidateStage(ValidateConfig()).run(_artifact(class_scores, LABELS), context.ctx)
-    stage = BenchmarkStage(BenchmarkStageConfig(BenchmarkConfig(warmup=0, iters=10, rounds=1, fidelity=False),
-                                               AccuracyConfig()))
+    stage = BenchmarkStage(BenchmarkStageConfig(BenchmarkConfig(**{"fidelity": False, **config}), AccuracyConfig()))
     return stage.run(validated, context.ctx), context
 
 
+STEADY = [1.0, 1.01, 0.99, 1.0, 1.02, 0.98, 1.0, 1.01, 0.99, 1.0]
+
+
 def test_the_benchmark_marks_noisy_timings_unstable(tmp_path, monkeypatch):
-    steady = [1.0, 1.01, 0.99, 1.0, 1.02, 0.98, 1.0, 1.01, 0.99, 1.0]
-    noisy = [1.0, 3.0, 0.5, 2.0, 1.0, 4.0, 0.6, 2.5, 1.0, 3.5]
-    artifact, context = _benchmarked(tmp_path, {"baseline": steady, "candidate": noisy}, monkeypatch)
+    wobbly = [1.0, 1.1, 0.9, 1.2, 1.0, 0.85, 1.0, 1.15, 0.95, 1.0]     # IQR/median ~0.15
+    artifact, context = _benchmarked(tmp_path, {"baseline": STEADY, "candidate": wobbly}, monkeypatch)
     m = artifact.metrics
-    assert m["benchmark.unstable"] == 1.0
-    assert m["benchmark.baseline.dispersion"] < 0.25 < m["benchmark.candidate.dispersion"]
-    assert m["benchmark.candidate.iqr_ms"] == pytest.approx(measure.percentile(noisy, 75)
-                                                            - measure.percentile(noisy, 25))
+    assert m["benchmark.unstable"] == 1.0 and m["benchmark.invalid"] == 0.0
+    assert artifact.tags["benchmark.stability"] == "unstable"
+    assert m["benchmark.baseline.dispersion"] < 0.10 < m["benchmark.candidate.dispersion"] < 0.25
+    assert m["benchmark.candidate.iqr_ms"] == pytest.approx(stats.percentile(wobbly, 75) - stats.percentile(wobbly, 25))
     ((key, message),) = context.warnings
-    assert key == "benchmark.unstable" and "candidate" in message
+    assert key == "benchmark.unstable" and "candidate" in message and "baseline" not in message
+
+
+def test_the_benchmark_says_when_timings_are_no_measurement(tmp_path, monkeypatch):
+    noisy = [1.0, 3.0, 0.5, 2.0, 1.0, 4.0, 0.6, 2.5, 1.0, 3.5]
+    artifact, context = _benchmarked(tmp_path, {"baseline": STEADY, "candidate": noisy}, monkeypatch)
+    assert artifact.metrics["benchmark.invalid"] == 1.0 and artifact.metrics["benchmark.unstable"] == 1.0
+    assert artifact.tags["benchmark.stability"] == "invalid"
+    ((key, message),) = context.warnings
+    assert key == "benchmark.invalid" and "timings are invalid" in message
 
 
 def test_the_benchmark_keeps_quiet_about_steady_timings(tmp_path, monkeypatch):
-    steady = [1.0, 1.01, 0.99, 1.0, 1.02, 0.98, 1.0, 1.01, 0.99, 1.0]
-    artifact, context = _benchmarked(tmp_path, {"baseline": steady, "candidate": steady}, monkeypatch)
-    assert artifact.metrics["benchmark.unstable"] == 0.0 and context.warnings == []
+    artifact, context = _benchmarked(tmp_path, {"baseline": STEADY, "candidate": STEADY}, monkeypatch)
+    m = artifact.metrics
+    assert m["benchmark.unstable"] == 0.0 and m["benchmark.invalid"] == 0.0 and context.warnings == []
+    assert artifact.tags["benchmark.stability"] == "stable"
+    assert m["benchmark.speedup_ci_low"] <= m["benchmark.speedup_p50"] <= m["benchmark.speedup_ci_high"]
+    assert m["benchmark.speedup_p50"] == pytest.approx(1.0)
+
+
+def test_a_limit_can_be_moved_for_a_noisy_machine(tmp_path, monkeypatch):
+    wobbly = [1.0, 1.1, 0.9, 1.2, 1.0, 0.85, 1.0, 1.15, 0.95, 1.0]
+    artifact, context = _benchmarked(tmp_path, {"baseline": STEADY, "candidate": wobbly}, monkeypatch,
+                                     max_dispersion=0.2)
+    assert artifact.tags["benchmark.stability"] == "stable" and context.warnings == []
 
 
 # --- threads -------------------------------------------------------------------------------

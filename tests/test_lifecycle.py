@@ -17,7 +17,7 @@ from tests.fault_files import free_port
 
 pytestmark = pytest.mark.slow
 QUICK = ("benchmark=quick",)
-LONG_BENCHMARK = ("experiment=latency_only", "benchmark.iters=200000", "benchmark.rounds=2")
+LONG_BENCHMARK = ("experiment=latency_only", "benchmark.iters=200000")
 
 
 def _env() -> dict[str, str]:
@@ -214,7 +214,7 @@ def server(tmp_path):
 def test_tracking_server_dying_mid_run_costs_no_result_and_relog_completes_it(tmp_path, server):
     work = tmp_path / "work"
     work.mkdir()
-    proc = _start(work, f"tracking.uri={server.uri}", "benchmark.iters=3000", "benchmark.rounds=2")
+    proc = _start(work, f"tracking.uri={server.uri}", "benchmark.iters=3000")
     _wait_for_stage(work / "outputs", "benchmark")
     server.stop()
     started = time.monotonic()
