@@ -99,6 +99,7 @@ class Backend:
     refusals: dict[Form, str]
     inductor: bool                       # uses inductor (freezing, cache apply)
     refuses_recipes: dict[str, str]      # quantize recipes it cannot take, and why
+    keeps: frozenset[Form]               # forms handed on as they came (see compile_backend)
 
 
 _BACKENDS: dict[str, Backend] = {}
@@ -107,13 +108,16 @@ _BACKENDS: dict[str, Backend] = {}
 def compile_backend(name: str, *, summary: str, form: Form = Form.COMPILED,
                     devices: Sequence[str] = ("cpu", "cuda"), accepts: frozenset[Form] = RUNNABLE,
                     refusals: dict[Form, str] | None = None, inductor: bool = False,
-                    refuses_recipes: dict[str, str] | None = None):
+                    refuses_recipes: dict[str, str] | None = None, keeps: frozenset[Form] = frozenset()):
     """Register fn(CompileJob) -> runnable as compile.backend=`name`. `refusals` says, per
-    form it does not accept, why (the plan's hint)."""
+    form it does not accept, why (the plan's hint). `keeps`: forms the backend hands on
+    unchanged instead of `form`, because what later stages transform (the module: export
+    exports it) is still that form (torch.compile of a legacy_dynamic model still holds
+    torch.ao's packed params, which torch.export cannot trace)."""
 
     def decorate(fn):
         _BACKENDS[name] = Backend(name, fn, form, summary, frozenset(devices), accepts, dict(refusals or {}),
-                                  inductor, dict(refuses_recipes or {}))
+                                  inductor, dict(refuses_recipes or {}), frozenset(keeps))
         return fn
 
     return decorate
@@ -142,7 +146,9 @@ class CompileStage:
         return self.backend.refusals.get(given)
 
     def produces(self, given: Form | None) -> Form:
-        return given if self.backend.form is Form.EAGER else self.backend.form
+        if given is not None and (self.backend.form is Form.EAGER or given in self.backend.keeps):
+            return given
+        return self.backend.form
 
     def preflight(self, env: Environment) -> list[Problem]:
         backend = self.backend
@@ -188,8 +194,7 @@ class CompileStage:
                    "compile.compile_s": first - started}
         if cache is not None:
             metrics.update(cache.metrics())
-        form = self.backend.form if self.backend.form is not Form.EAGER else artifact.form
-        return artifact.evolve(model=runnable, module=module, form=form).with_metrics(metrics)
+        return artifact.evolve(model=runnable, module=module, form=self.produces(artifact.form)).with_metrics(metrics)
 
 
 class ChannelsLastInputs:

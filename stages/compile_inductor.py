@@ -13,6 +13,9 @@ COMPILABLE = frozenset({Form.EAGER, Form.QUANTIZED, Form.EXPORTED, Form.PACKED})
 NOT_SCRIPTED = {Form.SCRIPTED: "torch.compile cannot compile a TorchScript module (it traces Python code, which "
                                "TorchScript does not hold): use compile=eager, or load the model from a state_dict "
                                "or a .pt2 program"}
+# torch.compile wraps the module and leaves it as it is: a legacy_dynamic model stays torch.ao's packed
+# one, so the plan must go on refusing what needs torch.export after it (export.formats=[pt2], ...)
+KEEPS = frozenset({Form.PACKED})
 
 
 @compile_backend("eager", summary="no compilation: the model runs as it is", form=Form.EAGER)
@@ -38,19 +41,19 @@ def _compile(job: CompileJob, mode: CompileMode) -> Any:
 
 
 @compile_backend("inductor", summary="torch.compile (inductor), compile.mode as set", accepts=COMPILABLE,
-                 refusals=NOT_SCRIPTED, inductor=True)
+                 refusals=NOT_SCRIPTED, inductor=True, keeps=KEEPS)
 def inductor(job: CompileJob) -> Any:
     return _compile(job, job.config.mode)
 
 
 @compile_backend("inductor_max_autotune", summary="torch.compile max-autotune (no CUDA graphs on CPU)",
-                 accepts=COMPILABLE, refusals=NOT_SCRIPTED, inductor=True)
+                 accepts=COMPILABLE, refusals=NOT_SCRIPTED, inductor=True, keeps=KEEPS)
 def inductor_max_autotune(job: CompileJob) -> Any:
     on_cuda = job.artifact.device.startswith("cuda")
     return _compile(job, CompileMode.MAX_AUTOTUNE if on_cuda else CompileMode.MAX_AUTOTUNE_NO_CUDAGRAPHS)
 
 
 @compile_backend("cudagraphs", summary="torch.compile reduce-overhead: CUDA graphs replay whole calls",
-                 devices=("cuda",), accepts=COMPILABLE, refusals=NOT_SCRIPTED, inductor=True)
+                 devices=("cuda",), accepts=COMPILABLE, refusals=NOT_SCRIPTED, inductor=True, keeps=KEEPS)
 def cudagraphs(job: CompileJob) -> Any:
     return _compile(job, CompileMode.REDUCE_OVERHEAD)

@@ -37,12 +37,15 @@ def _program(job: CompileJob) -> tuple[Any, Any, Any]:
 def aoti(job: CompileJob) -> Any:
     import torch._inductor.config as inductor_config
 
+    from ptflow.stages.export_formats import write_bytes
+    from ptflow.stages.export_torch import aoti_package
+
     inductor_config.freezing = job.config.freezing
     program, _, _ = _program(job)
     job.out_dir.mkdir(parents=True, exist_ok=True)
     path = job.out_dir / "model.aoti.pt2"
-    torch._inductor.aoti_compile_and_package(program, package_path=str(path),
-                                             inductor_configs={"freezing": job.config.freezing})
+    # the same stable bytes as export.formats=[aoti] (see aoti_package)
+    write_bytes(path, aoti_package(program, {"freezing": job.config.freezing}))
     return torch._inductor.aoti_load_package(str(path))
 
 
@@ -56,6 +59,10 @@ _ORT_RECIPES = {
        for recipe in ("int8_dynamic", "int8_weight_only", "int4_weight_only", "float8_dynamic")},
     "bf16": "onnxruntime's CPU provider has no bfloat16 Gemm: pick quantize=fp16 or none for onnxruntime, "
             "or compile=inductor",
+    # the exported graph of torch.autocast(bfloat16) casts each Linear's inputs to bfloat16: the same Gemm
+    "autocast_bf16": "onnxruntime's CPU provider has no bfloat16 Gemm, and the exported autocast graph runs each "
+                     "Linear in bfloat16 (the session fails to build: 'Could not find an implementation for "
+                     "Gemm(13)'): pick quantize=autocast_fp16, fp16 or none for onnxruntime, or compile=inductor",
 }
 
 

@@ -214,7 +214,9 @@ class ExportStage:
         tolerance = self.config.tolerance_of(fmt)
         if error > tolerance:
             raise InputError(f"export.formats={fmt.name}: the reloaded file differs from the model by {error:.3g} "
-                             f"(export.tolerance.{fmt.name}={tolerance}); the export is not faithful")
+                             f"(export.tolerance.{fmt.name}={tolerance}); the export is not faithful. If the "
+                             "runtime's kernels are expected to differ (int8 or half precision in another "
+                             f"runtime), raise export.tolerance.{fmt.name} to a bound you accept")
         if reloaded is None and fmt.name == "pt2":
             reloaded = job.program().module()
         size = partial.stat().st_size

@@ -71,8 +71,9 @@ _ONNX_REFUSES = {
 }
 _ONNX_RECIPES = {r: "torch.onnx cannot convert torchao's quantized tensor subclasses (conversion step 3/3 "
                     "fails): pick quantize=none or int8_static for ONNX" for r in TENSOR_SUBCLASS_RECIPES}
-_ONNX_RECIPES["bf16"] = ("onnxruntime's CPU provider has no bfloat16 Gemm, so the file cannot be run to "
-                         "check it: pick quantize=fp16 or none for ONNX")
+for _recipe in ("bf16", "autocast_bf16"):   # autocast's exported graph runs each Linear in bfloat16 too
+    _ONNX_RECIPES[_recipe] = ("onnxruntime's CPU provider has no bfloat16 Gemm, so the file cannot be run to "
+                              "check it: pick quantize=fp16 or none for ONNX")
 
 
 @export_format("onnx", suffix=".onnx", load=_load_onnx, tolerance=1e-3,

@@ -3,7 +3,9 @@ legacy torchscript (torch.jit.trace)."""
 from __future__ import annotations
 
 import io
+import re
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +49,73 @@ def _load_aoti(path: Path, job: ExportJob):
     return lambda inputs: runner(*inputs.args, **inputs.kwargs)
 
 
+# What inductor appends to its generated .cpp files each time it builds them (one block per build)
+_BUILD_COMMANDS = re.compile(rb"\n// Compile cmd\n// [^\n]*\n// Link cmd\n// [^\n]*\n")
+_WRITER_RECORDS = frozenset({".data/version", ".data/serialization_id", "byteorder"})  # the writer adds them
+
+
+def aoti_package(program: Any, inductor_configs: dict[str, Any] | None = None) -> bytes:
+    """`program` compiled by AOTInductor into a package, as bytes that depend only on the program,
+    the inductor config, this machine and its inductor cache dir.
+
+    torch's own package is not: (1) its zip's top directory is named after the file written
+    (ptflow writes a partial file named with its pid), and (2) inductor appends the build's
+    compile and link commands to the generated .cpp in its cache dir on every build, but only
+    writes a source that is not there yet, so the n-th build from one cache dir packages n
+    copies of them. The package is built in memory (top directory 'archive', as torch.export.save
+    names a buffer's) and rewritten with every source ending in one copy of its build commands
+    (what a first build ships). The compiled .so and the metadata are copied unchanged.
+    """
+    from torch.export.pt2_archive._package import PT2ArchiveWriter
+
+    built = io.BytesIO()
+    torch._inductor.aoti_compile_and_package(program, package_path=built, inductor_configs=inductor_configs)
+    out = io.BytesIO()
+    with zipfile.ZipFile(built) as package, PT2ArchiveWriter(out) as writer:
+        for name in package.namelist():   # torch's order, kept
+            record = name.split("/", 1)[1]
+            if record in _WRITER_RECORDS:
+                continue
+            data = package.read(name)
+            if record.endswith((".cpp", ".h")):
+                data = _one_copy_of_build_commands(data)
+            writer.write_bytes(record, data)
+    return out.getvalue()
+
+
+def _one_copy_of_build_commands(source: bytes) -> bytes:
+    end = len(source)
+    last = None
+    while True:   # peel the trailing blocks off, keeping the last one
+        found = next((m for m in _BUILD_COMMANDS.finditer(source, 0, end) if m.end() == end), None)
+        if found is None:
+            break
+        last = last or found.group(0)
+        end = found.start()
+    return source if last is None else source[:end] + last
+
+
 @export_format("aoti", suffix=".aoti.pt2", load=_load_aoti, tolerance=1e-3, refuses=_NEEDS_EXPORT,
                summary="AOTInductor: the program compiled ahead of time to a shared library, packaged",
                load_hint="import torch; m = torch._inductor.aoti_load_package({file!r})")
 def write_aoti(job: ExportJob, path: Path) -> dict[str, Any]:
-    # aoti_compile_and_package writes the package itself (a zip holding the compiled .so)
-    torch._inductor.aoti_compile_and_package(job.program(), package_path=str(path))
+    # built in memory, then written with Python I/O: stable bytes (aoti_package), and a full
+    # disk is an OSError naming the file
+    write_bytes(path, aoti_package(job.program(), {"freezing": _compile_freezing(job)}))
     return {}
+
+
+def _compile_freezing(job: ExportJob) -> bool:
+    """inductor's `freezing` as this run's compile stage set it (compile.freezing of an inductor
+    backend), else torch's default (False): never what an earlier run in this process left in
+    inductor's global config, so the package does not depend on what ran before it."""
+    from ptflow.stages.compile import backends
+
+    for record in reversed(job.artifact.lineage):
+        if record.name == "compile":
+            backend = backends().get(record.config.get("backend"))
+            return bool(backend is not None and backend.inductor and record.config.get("freezing", True))
+    return False
 
 
 def _load_torchscript(path: Path, job: ExportJob):
