@@ -14,8 +14,8 @@ def _records(outputs):
 
 
 def test_memory_flops_profile_and_pictures_land_in_the_run_and_in_mlflow(tmp_path):
-    result = run_cli(tmp_path, *QUICK, "benchmark.profile=true", "benchmark.batch_sizes=[4,16]",
-                     "tracking.log_exports=false")
+    result = run_cli(tmp_path, *QUICK, "benchmark.profile=true", "benchmark.plots=true",
+                     "benchmark.batch_sizes=[4,16]", "tracking.log_exports=false")
     assert result.code == 0, result.stderr
     (run,) = mlflow_runs(result)
     m = run.data.metrics

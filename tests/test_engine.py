@@ -127,7 +127,7 @@ def test_a_failed_export_leaves_nothing_that_looks_complete(tmp_path, monkeypatc
     out = tmp_path / "exports"
     _run(tmp_path / "first", f"export.dir={out}", "pipeline=[load,validate,export]")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert set(before) == {"model.pt2", "manifest.json"}
+    assert set(before) == {"model.pt2", "model.example.safetensors", "manifest.json"}
 
     def unfaithful(*args, **kwargs):
         raise InputError("the reloaded file differs")

@@ -173,7 +173,7 @@ def _benchmarked(tmp_path: Path, samples_ms: dict[str, list[float]], monkeypatch
     monkeypatch.setattr(measure, "measure", fake_measure)
     context = Context(tmp_path)
     validated = ValidateStage(ValidateConfig()).run(_artifact(class_scores, LABELS), context.ctx)
-    stage = BenchmarkStage(BenchmarkStageConfig(BenchmarkConfig(**{"fidelity": False, **config}), AccuracyConfig()))
+    stage = BenchmarkStage(BenchmarkStageConfig(BenchmarkConfig(**{"fidelity": False, "memory": False, "flops": False, **config}), AccuracyConfig()))
     return stage.run(validated, context.ctx), context
 
 
