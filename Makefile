@@ -1,11 +1,12 @@
 # make run   — set up .venv (first time) and run the default pipeline on the bundled example
-# make test  — set up .venv (first time) and run the test suite
+# make test  — set up .venv (first time) and run the test suite (all but the `slow` tests: < 15 min)
+# make test-slow — the `slow` tests: real process trees, servers, signals, installs (CI runs both)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: run test bench clean
+.PHONY: run test test-slow bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +21,10 @@ run: $(VENV)/.installed
 	$(BIN)/ptflow $(ARGS)
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+test-slow: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -m slow $(ARGS)
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/recipes.py

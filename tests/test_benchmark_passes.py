@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import mlflow_runs, run_cli
 
 QUICK = ("experiment=latency_only", "benchmark=quick", "device.threads=1")
@@ -38,6 +40,7 @@ def test_memory_flops_profile_and_pictures_land_in_the_run_and_in_mlflow(tmp_pat
     assert "files/export.pt2" not in logged   # log_exports=false still keeps model files out
 
 
+@pytest.mark.slow
 def test_parallel_sweep_jobs_never_time_at_once(tmp_path):
     result = run_cli(tmp_path, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *QUICK,
                      "tracking=none", "quantize=none,int8_dynamic", "benchmark.min_time_s=1.0",
