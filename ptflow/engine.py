@@ -13,6 +13,7 @@ from ptflow.artifact import Artifact, StageRecord
 from ptflow.errors import Rejected, StageError
 from ptflow.plan import Plan, PlannedStage
 from ptflow.stage import RunContext
+from ptflow.stage_cache import run_cached
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def _run_stage(planned: PlannedStage, artifact: Artifact | None, ctx: RunContext
         ctx.warn(key, message)
     started = time.perf_counter()
     try:
-        result = planned.stage.run(artifact, ctx)
+        result, cache_key = run_cached(planned, artifact, ctx, lambda c: planned.stage.run(artifact, c))
         if not isinstance(result, Artifact):
             raise TypeError(f"run() returned {type(result).__name__}, not an Artifact")
         if result.form != planned.form_out:
@@ -83,9 +84,13 @@ def _run_stage(planned: PlannedStage, artifact: Artifact | None, ctx: RunContext
         raise failure from exc
     duration = time.perf_counter() - started
     record = StageRecord(planned.name, typed.to_plain(planned.config), duration,
-                         planned.form_in, planned.form_out)
+                         planned.form_in, planned.form_out, cache_key)
     result = result.evolve(lineage=result.lineage + (record,)).with_metrics(
         {f"{planned.name}.duration_s": duration})
+    if cache_key is not None:   # hits and misses per run (metric cache.<stage>_hit, tag ptflow.cache.<stage>)
+        outcome = ctx.cache.outcomes[planned.name]
+        result = result.with_metrics({f"cache.{planned.name}_hit": float(outcome == "hit")}).with_tags(
+            {f"ptflow.cache.{planned.name}": outcome})
     log.info("stage %s: done in %.2fs", planned.name, duration)
     _emit(hooks, "after_stage", record, result)   # the evidence is recorded, rejected or not
     if result.rejected and (artifact is None or artifact.rejected != result.rejected):

@@ -23,6 +23,7 @@ from ptflow.naming import JobInfo
 from ptflow.plan import compile_plan
 from ptflow.record import EXIT_TRACKING_INCOMPLETE, RESULT_FILE, RunRecord
 from ptflow.stage import RunContext
+from ptflow.stage_cache import StageCache
 from ptflow.targets import resolve_path
 from ptflow.tracker import MlflowTracker, relog_command
 
@@ -69,8 +70,9 @@ def run(config: dict[str, Any], config_yaml: str, choices: dict[str, str], overr
         seeded = device.seed_everything(settings.seed)   # before the model is built (random init)
         record.settings = {**device.capture(settings.device), **determinism,
                            "seed": settings.seed, "seeded": ",".join(seeded)}
+        cache = StageCache(resolve_path(settings.outputs_dir) / "cache" / "stages") if settings.cache else None
         ctx = RunContext(run_dir, settings.device.name, settings.seed, config_hash(config),
-                         record.settings, engine.progress, warn)
+                         record.settings, engine.progress, warn, cache)
         record.save()
         if settings.tracking.enabled:
             # relative to where the user ran ptflow, also when hydra.job.chdir=true moved the job

@@ -25,6 +25,7 @@ from ptflow.tracking import TrackingConfig
 
 SEED_RANGE = (-(2**63), 2**64 - 1)
 DETERMINISTIC_VALUES = (False, True, "warn")
+CACHE_VALUES = {"on": True, "true": True, "off": False, "false": False}
 # tags a user may not set (`tags.<key>`): ptflow sets these itself, and stages add `accepted`
 OWN_TAG_PREFIXES = ("ptflow.", "mlflow.")
 OWN_TAGS = frozenset({"pipeline", "experiment", "device", "git_sha", "git_dirty", "hostname", "accepted",
@@ -50,6 +51,7 @@ class RunSettings:
     deterministic: bool | str = False   # true: deterministic algorithms or fail; warn: warn instead
     tags: dict[str, Any] = field(default_factory=dict, hash=False)   # extra MLflow run tags (nested: dotted names)
     reproduces: str | None = None       # set by ptflow-reproduce: the MLflow run id this run re-runs
+    cache: bool | str = True            # the stage cache under <outputs_dir>/cache/stages (on | off)
 
     def __post_init__(self) -> None:
         problems = []
@@ -69,6 +71,11 @@ class RunSettings:
         if self.reproduces is not None and not RUN_ID.match(self.reproduces):
             problems.append(Problem("reproduces", self.reproduces, "an MLflow run id (letters, digits, '_', '-')",
                                     "ptflow-reproduce sets this key; leave it null"))
+        cache = CACHE_VALUES.get(str(self.cache).lower()) if not isinstance(self.cache, bool) else self.cache
+        if cache is None:
+            problems.append(Problem("cache", self.cache, "on or off", "off bypasses the stage cache: every "
+                                    "stage runs, nothing is read or written under <outputs_dir>/cache/stages"))
+        object.__setattr__(self, "cache", bool(cache))
         if not self.outputs_dir.strip():
             problems.append(Problem("outputs_dir", self.outputs_dir, "a directory path, e.g. outputs",
                                     "an empty path would put run dirs at the filesystem root"))

@@ -67,6 +67,7 @@ class RunContext:
     settings: Mapping[str, Any]          # device settings in force (device.capture)
     progress: Callable[..., Iterable]    # tqdm-like: progress(iterable, desc=..., total=...)
     warn: Callable[[str, str], None] = field(default=ignore_warning)
+    cache: Any = None                    # ptflow.stage_cache.StageCache, or None (cache=off)
 
     def path(self, *parts: str) -> Path:
         """A path under the run dir, its parent created."""

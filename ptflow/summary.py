@@ -24,6 +24,7 @@ def build(artifact: Artifact, choices: Mapping[str, str], run_dir: Path, wall_s:
         "run_dir": str(run_dir),
         "wall_s": wall_s,
         "stages_s": {r.name: r.duration_s for r in artifact.lineage},
+        "cache": {k.removeprefix("ptflow.cache."): v for k, v in artifact.tags.items() if k.startswith("ptflow.cache.")},
         "latency_ms": {},
         "mlflow": {"run_id": tracking.run_id, "tracking_uri": tracking.uri, "experiment": tracking.experiment},
         "warnings": dict(record.warnings),
@@ -168,6 +169,8 @@ def render(summary: Mapping[str, Any], mlflow_complete: bool = True) -> str:
         lines.append(f"  {'export file (MB)':<20}{'':>12}{size['export_file']:>12.2f}")
     if summary.get("compile_s"):
         lines.append(f"  {'compile time (s)':<20}{'':>12}{summary['compile_s']:>12.2f}")
+    if summary.get("cache"):
+        lines.append(f"  {'stage cache':<20}" + ", ".join(f"{k} {v}" for k, v in summary["cache"].items()))
     for path in summary["exports"]:
         lines.append(f"  {'export':<20}{relative(path)}")
     mlflow = summary["mlflow"]

@@ -102,6 +102,7 @@ class LoadStage:
 
     requires = frozenset()
     provides = frozenset()
+    cache = "memory"   # the next job of a sweep in this process gets its own copy (ptflow.stage_cache)
 
     def __init__(self, config: LoadConfig):
         self.config = config

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -29,6 +30,7 @@ class ValidateStage:
 
     requires = frozenset()
     provides = frozenset({"baseline"})
+    cache = "disk"   # the baseline reference, shared by the jobs of a sweep (ptflow.stage_cache)
 
     def __init__(self, config: ValidateConfig):
         self.config = config
@@ -71,6 +73,23 @@ class ValidateStage:
         if metric is not None:
             metrics[f"validate.{artifact.task_metric}"] = metric
         return artifact.evolve(baseline=baseline).with_metrics(metrics)
+
+    def cache_save(self, artifact: Artifact) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The baseline reference as tensors (outputs per eval batch, task outputs) and meta."""
+        baseline = artifact.baseline
+        tensors = {f"out.{i}.{j}": t for i, leaves in enumerate(baseline.outputs) for j, (_, t) in enumerate(leaves)}
+        tensors.update({f"task.{i}": t for i, t in enumerate(baseline.task_output)})
+        metrics = {k: v for k, v in artifact.metrics.items() if k.startswith("validate.")}
+        return tensors, {"leaves": [[path for path, _ in leaves] for leaves in baseline.outputs],
+                         "metric_name": baseline.metric_name, "metric": baseline.metric, "metrics": metrics}
+
+    def cache_restore(self, artifact: Artifact, tensors: dict[str, torch.Tensor],
+                      meta: dict[str, Any]) -> Artifact:
+        outputs = tuple(tuple((path, tensors[f"out.{i}.{j}"]) for j, path in enumerate(paths))
+                        for i, paths in enumerate(meta["leaves"]))
+        task = tuple(tensors[f"task.{i}"] for i in range(len(outputs)))
+        baseline = Baseline(artifact.model, outputs, task, meta["metric_name"], meta["metric"])
+        return artifact.evolve(baseline=baseline).with_metrics(meta["metrics"])
 
     def _check_shape(self, task: torch.Tensor, leaves: list[tuple[str, torch.Tensor]], batch_size: int,
                      index: int) -> None:
