@@ -80,6 +80,7 @@ def _stopped(error: BaseException) -> int:
     if LAUNCH.mode == "multirun":
         with lifecycle.protected():
             sweep.close(LAUNCH.dir, stop, LAUNCH.stores)
+            sweep.close_parents(LAUNCH.dir, LAUNCH.expected, stop.signal_name)
         return stop.exit_code
     last = OUTCOMES[-1] if OUTCOMES else None
     if last is None:
@@ -181,6 +182,10 @@ def run(argv: Sequence[str]) -> int:
 def _run(argv: Sequence[str]) -> int:
     args = _parse(argv)
     hydra_argv = _hydra_argv(argv, args)
+    if args.cfg and args.multirun:   # Hydra raises a bare ValueError for this pair
+        return _rejected(ConfigError.single("--cfg", args.cfg, "--cfg without -m/--multirun",
+                                            "Hydra shows one composed config: drop -m (sweep values "
+                                            "are then single values), or use dry_run=true to check every job"))
     if args.cfg or args.info or args.hydra_help or args.shell_completion:
         _launch(hydra_argv)            # Hydra's own answers; nothing runs
         return 0
@@ -213,7 +218,9 @@ def _run(argv: Sequence[str]) -> int:
             multirun = args.multirun or any(o.replace(" ", "") == "hydra.mode=MULTIRUN" for o in args.overrides)
             return _rejected(explain(args.overrides, source_of(args), multirun, error))
         if preflight.LAUNCH.mode == "multirun":   # the launcher failed mid-sweep (a worker crashed)
-            return _launcher_failed(error)
+            from ptflow import sweep
+
+            return sweep.launcher_failed(error, preflight.LAUNCH)
         raise                          # after the check passed, in a single run: a bug, with its traceback
     finally:
         if saved is None:
@@ -223,23 +230,10 @@ def _run(argv: Sequence[str]) -> int:
     if preflight.LAUNCH.mode == "multirun":
         from ptflow import sweep
 
-        return sweep.report(preflight.LAUNCH.dir, preflight.LAUNCH.expected)
+        code = sweep.report(preflight.LAUNCH.dir, preflight.LAUNCH.expected)
+        sweep.close_parents(preflight.LAUNCH.dir, preflight.LAUNCH.expected)
+        return code
     return OUTCOMES[-1].exit_code if OUTCOMES else 1
-
-
-def _launcher_failed(error: Exception) -> int:
-    """A sweep's launcher died under its jobs (joblib: a worker killed by the OOM killer):
-    the jobs it left RUNNING end KILLED, the table says how far it got, exit 1."""
-    from ptflow import lifecycle, sweep
-    from ptflow.errors import first_line
-    from ptflow.preflight import LAUNCH
-    from ptflow.stale import close_sweep
-
-    print(f"ptflow: the sweep's launcher failed: {type(error).__name__}: {first_line(error)}", file=sys.stderr)
-    with lifecycle.protected():
-        close_sweep(LAUNCH.dir, f"the sweep's launcher failed ({type(error).__name__})", 1, LAUNCH.stores)
-    sweep.report(LAUNCH.dir, LAUNCH.expected)
-    return 1
 
 
 def main() -> None:

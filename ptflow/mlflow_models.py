@@ -52,7 +52,7 @@ def log_exported_models(uri: str, run_id: str, manifest_path: Path, present_tags
     register_as = manifest.get("register_as")
     registering = next((e["format"] for fmt in MODEL_FORMATS for e in entries if e["format"] == fmt), None)
     logged = []
-    with _global_tracking_uri(uri):   # Model.log and the registry use MLflow's global URI
+    with global_tracking_uri(uri):   # Model.log and the registry use MLflow's global URI
         for entry in entries:
             if MODEL_TAG.format(fmt=entry["format"]) in present_tags:
                 continue
@@ -63,7 +63,7 @@ def log_exported_models(uri: str, run_id: str, manifest_path: Path, present_tags
 
 
 @contextlib.contextmanager
-def _global_tracking_uri(uri: str):
+def global_tracking_uri(uri: str):
     """MLflow's global tracking URI set for a block, then put back as it was, environment
     included: ``mlflow.set_tracking_uri`` also exports MLFLOW_TRACKING_URI, which the next job
     of an in-process sweep would otherwise read as its own tracking.uri."""

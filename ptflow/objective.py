@@ -2,8 +2,8 @@
 
 `objective` names a ptflow metric: `benchmark.speedup_p50` (higher is better: the sweeper's
 `direction: maximize`) or e.g. `benchmark.candidate.p50_ms` (`direction: minimize`). A run
-that did not finish, or that the accuracy gate rejected (tag accepted=false, see
-ptflow.accuracy), returns None: Optuna records a failed trial and the search goes on, the
+that did not finish, that the accuracy gate rejected (tag accepted=false, see
+ptflow.accuracy), or whose timings are invalid (tag benchmark.stability=invalid), returns None: Optuna records a failed trial and the search goes on, the
 basic sweeper ignores it.
 """
 from __future__ import annotations
@@ -33,6 +33,9 @@ def value(metrics: Mapping[str, float], objective: str | None,
         return None, None
     if objective not in metrics:   # e.g. a pipeline without benchmark: nothing to hand a sweeper
         return None, None
+    if tags.get("benchmark.stability") == "invalid" and objective.startswith("benchmark."):
+        return None, ("the timings of this run are invalid (benchmark.stability=invalid: IQR/median above "
+                      "benchmark.invalid_dispersion): it returns no objective (a failed trial for a sweeper)")
     if tags.get("accepted") == "false":
         return None, ("the accuracy gate rejected this recipe (accepted=false): it returns no objective "
                       "(a failed trial for a sweeper)")

@@ -64,6 +64,7 @@ class Launch:
     dir: Path | None = None           # the claimed run or sweep dir
     expected: int | None = None       # jobs in the sweep; None when the sweeper decides as it goes
     stores: list[tuple[str, str]] = field(default_factory=list)   # (tracking URI, experiment id)
+    checked: frozenset[tuple[str, ...]] = frozenset()   # jobs composed and planned here (basic sweeper)
 
 
 LAUNCH = Launch()
@@ -133,6 +134,10 @@ def _check_multirun(config: Any) -> None:
                                 + (f" (+{len(where) - 3} more)" if len(where) > 3 else "")) if several else p
             for p, where in failures.values()))
     _finish(config, jobs, "multirun", len(listed) if basic else None)
+    if basic:
+        LAUNCH.checked = frozenset(tuple(job.overrides) for job in jobs)
+        sweep.skip_checked_batches()
+
 
 
 def _job_problems(error: Exception, overrides: tuple[str, ...]) -> list[Problem]:
@@ -180,6 +185,10 @@ def _finish(config: Any, jobs: list[Job], mode: str, expected: int | None) -> No
             config.hydra.sweep.dir = str(claimed)
             config.hydra.overrides.hydra.append(f"hydra.sweep.dir={_quoted(claimed)}")
     LAUNCH.mode, LAUNCH.dir, LAUNCH.expected, LAUNCH.stores = mode, claimed, expected, stores
+    if mode == "multirun" and stores:   # before any job starts: every job nests under it
+        from ptflow.sweep_parent import open_parents, plugins_of
+
+        open_parents(claimed, stores, sweep.task_overrides(config), expected, plugins_of(config))
 
 
 def _select(config: Any, key: str) -> Any:

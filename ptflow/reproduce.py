@@ -201,7 +201,9 @@ def reproduction_config(config: Mapping[str, Any], run_id: str, uri: str, experi
         changes.append(f"export.register_as=null (was {export['register_as']}: a reproduction registers no "
                        "new model version)")
         export["register_as"] = None
-    for key, value in (("outputs_dir", str(outputs_dir)), ("dry_run", False), ("reproduces", run_id)):
+    # cache=off: every stage runs again, so "the same baseline" is a finding, not a cache read
+    for key, value in (("outputs_dir", str(outputs_dir)), ("dry_run", False), ("cache", "off"),
+                       ("reproduces", run_id)):
         if new.get(key) != value:
             new[key] = value
             changes.append(f"{key}={value}")
@@ -283,6 +285,13 @@ def _source_files(client: Any, source: Any, into: Path) -> tuple[dict[str, Any],
     """The source's resolved config (required) and export manifest (None when it has none)."""
     from omegaconf import OmegaConf
 
+    if source.data.tags.get("ptflow.sweep_parent") == "true":
+        children = client.search_runs([source.info.experiment_id],
+                                      f"tags.mlflow.parentRunId = '{source.info.run_id}'", max_results=5)
+        listed = "".join(f"\n  {r.info.run_id}  {r.info.run_name}  ({r.info.status})" for r in children)
+        raise Refused(f"run {source.info.run_id} is the parent run of sweep '{source.info.run_name}', not a job: "
+                      f"reproduce one of its jobs (ptflow-compare --parent {source.info.run_id} ranks them and "
+                      f"prints the command for the best one){'; its jobs include:' + listed if listed else ''}")
     logged = _download(client, source.info.run_id, "config.yaml", into)
     if logged is None:
         raise Refused(f"run {source.info.run_id} has no config.yaml artifact: it was not made by ptflow, or its "

@@ -68,16 +68,26 @@ def close_sweep(sweep_dir: Path, reason: str, exit_code: int, stores: list[tuple
     Returns how many job records it closed."""
     running = [r for r in run_records(Path(sweep_dir).glob(f"*/{RESULT_FILE}")) if r.status == "RUNNING"]
     wait_until_gone([p for p in (ProcessId.parse(r.process) for r in running) if p], wait_s)
+    # A job still alive, or on another host (a SLURM node), is still running: it closes its own run.
+    elsewhere = [r for r in running if (p := ProcessId.parse(r.process)) is not None and p.is_alive() is not False]
+    running = [r for r in running if r not in elsewhere]
+    if elsewhere:
+        print(f"ptflow: {len(elsewhere)} job(s) of this sweep are still running (another host, or a launcher "
+              f"such as SLURM's that outlives this process); their runs are left open and end by themselves. "
+              f"Cancel them with the launcher (scancel: job ids under {Path(sweep_dir) / '.submitit'})",
+              file=sys.stderr)
     clients = _Clients()
     for record in running:
         close_record(record, reason, exit_code, clients.get(record.tracking.uri))
+    open_ids = {r.tracking.run_id for r in elsewhere}
     for uri, experiment_id in stores:   # a job stopped before its record named its run
         query = (f"attributes.status = 'RUNNING' and "
                  f"tags.`ptflow.sweep` = {_quote(str(Path(sweep_dir).resolve()))}")
         client = clients.get(uri)
         runs = _quietly(lambda: client.search_runs([experiment_id], query, max_results=MAX_RUNS), uri) or []
         for run in runs:
-            _close(client, run, reason)
+            if run.info.run_id not in open_ids:
+                _close(client, run, reason)
     return len(running)
 
 

@@ -127,3 +127,49 @@ def close(sweep_dir: Path, stop: Interrupted, stores: list[tuple[str, str]]) -> 
     print(f"ptflow: sweep stopped by {stop.signal_name}: {counts['FINISHED']} finished, "
           f"{counts['FAILED']} failed, {counts['KILLED']} ended KILLED; records in {sweep_dir}",
           file=sys.stderr)
+
+
+def close_parents(sweep_dir: Path, expected: int | None, stopped_by: str | None = None) -> None:
+    """The sweep's parent MLflow run(s): counts, comparison, final status; one line each."""
+    from ptflow.sweep_parent import close_parents as close
+
+    for line in close(sweep_dir, expected, stopped_by):
+        print(line, flush=True)
+
+
+def launcher_failed(error: Exception, launch: Any) -> int:
+    """A sweep's launcher died under its jobs (joblib: a worker killed by the OOM killer):
+    the jobs it left RUNNING end KILLED, the table says how far it got, exit 1."""
+    from ptflow import lifecycle
+    from ptflow.errors import first_line
+    from ptflow.stale import close_sweep
+
+    print(f"ptflow: the sweep's launcher failed: {type(error).__name__}: {first_line(error)}", file=sys.stderr)
+    with lifecycle.protected():
+        close_sweep(launch.dir, f"the sweep's launcher failed ({type(error).__name__})", 1, launch.stores)
+    report(launch.dir, launch.expected)
+    close_parents(launch.dir, launch.expected)
+    return 1
+
+
+def skip_checked_batches() -> None:
+    """Hydra's sweepers compose every job of a batch once more before launching it, to find
+    a job that cannot be composed before any runs. The pre-flight has just composed those
+    very jobs (`load_sweep_config`, the same overrides) and planned them: composing them a
+    third time costs ~0.25 s a job and checks nothing new. Jobs it did not check (a
+    sampling sweeper's trials) are still composed by Hydra's own check."""
+    from hydra.plugins.sweeper import Sweeper
+
+    original = Sweeper.validate_batch_is_legal
+    if getattr(original, "ptflow_checked", False):
+        return
+
+    def validate_batch_is_legal(self: Sweeper, batch: Any) -> None:
+        from ptflow.preflight import LAUNCH
+
+        unchecked = [overrides for overrides in batch if tuple(overrides) not in LAUNCH.checked]
+        if unchecked:
+            original(self, unchecked)
+
+    validate_batch_is_legal.ptflow_checked = True   # type: ignore[attr-defined]
+    Sweeper.validate_batch_is_legal = validate_batch_is_legal   # type: ignore[method-assign]

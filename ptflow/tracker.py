@@ -44,7 +44,7 @@ T = TypeVar("T")
 
 
 @contextlib.contextmanager
-def _mlflow_quiet():
+def mlflow_quiet():
     """MLflow's own progress lines (stderr prints, INFO/WARNING logs) off for a block."""
     logger = logging.getLogger("mlflow")
     level = logger.level
@@ -228,7 +228,13 @@ class MlflowTracker:
         return {**record.tags, **{f"ptflow.warning.{k}": v[:MAX_TAG] for k, v in record.warnings.items()}}
 
     def _start(self) -> None:
-        run = self.client.create_run(self.experiment_id, run_name=self.record.run_name, tags=self._tags())
+        from ptflow.sweep_parent import PARENT_ID_TAG, parent_of
+
+        tags = self._tags()
+        parent = parent_of(self.record.tags.get("ptflow.sweep"), self.uri, self.experiment_id)
+        if parent:   # a sweep job: MLflow nests it under the sweep's parent run
+            tags[PARENT_ID_TAG] = parent
+        run = self.client.create_run(self.experiment_id, run_name=self.record.run_name, tags=tags)
         self.run_id = self.record.tracking.run_id = run.info.run_id
         self._describe(set())
 
@@ -355,7 +361,7 @@ class MlflowTracker:
         from ptflow.mlflow_models import MODEL_TAG, REGISTERED_TAG, log_exported_models
 
         present = self.client.get_run(self.run_id).data.tags
-        with _mlflow_quiet():   # MLflow prints "Successfully registered ..."; the summary says it once
+        with mlflow_quiet():   # MLflow prints "Successfully registered ..."; the summary says it once
             logged = log_exported_models(self.uri, self.run_id, manifest, present)
         for model in logged:
             tags = {MODEL_TAG.format(fmt=model.format): model.uri}

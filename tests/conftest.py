@@ -66,13 +66,15 @@ def ptflow(tmp_path):
     return lambda *args, **kw: run_cli(tmp_path, *args, **kw)
 
 
-def mlflow_runs(result: CliResult, experiment: str = "ptflow"):
-    """Every run of `experiment` in the result's store (MLflow Run objects)."""
+def mlflow_runs(result: CliResult, experiment: str = "ptflow", parents: bool = False):
+    """Every run of `experiment` in the result's store (MLflow Run objects); a sweep's parent
+    run only with `parents=True` (the job runs are what most tests look at)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=result.tracking_uri)
     found = client.get_experiment_by_name(experiment)
-    return [] if found is None else client.search_runs([found.experiment_id])
+    runs = [] if found is None else client.search_runs([found.experiment_id])
+    return runs if parents else [r for r in runs if r.data.tags.get("ptflow.sweep_parent") != "true"]
 
 
 def compose(*overrides: str) -> tuple[dict, dict]:

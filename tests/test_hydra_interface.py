@@ -240,6 +240,12 @@ def test_optuna_searches_within_the_accuracy_gate(tmp_path):
         quantized = record["config"]["quantize"]["method"] == "int8_dynamic"
         assert (record["objective"] is None) == quantized
         assert quantized == ("objective" in record["warnings"])
+    # one parent run for the whole search, every trial nested under it
+    (parent,) = [r for r in mlflow_runs(result, parents=True) if r.data.tags.get("ptflow.sweep_parent") == "true"]
+    assert parent.info.run_name.startswith("sweep search @") and parent.data.tags["ptflow.sweeper"] == "OptunaSweeper"
+    assert {r.data.tags["mlflow.parentRunId"] for r in mlflow_runs(result)} == {parent.info.run_id}
+    assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/finished"] == 3
+    assert "sweep/expected" not in parent.data.metrics   # Optuna decides the trials as it goes
 
 
 def test_a_sweep_returns_the_objective_of_each_job(tmp_path, monkeypatch):
@@ -264,3 +270,13 @@ def test_an_enforced_accuracy_gate_needs_a_measured_task_metric(inproc):
     assert code == 2 and "accuracy.enforce" in err and "data.metric" in err
     code, out, err = inproc("+accuracy_budget=0.01", "dry_run=true")   # the old name says where it went
     assert code == 2 and "accuracy.max_drop" in err
+
+
+def test_an_invalid_measurement_hands_no_objective_to_a_sweeper():
+    from ptflow.objective import value
+
+    metrics = {"benchmark.speedup_p50": 3.0}
+    assert value(metrics, "benchmark.speedup_p50", {"benchmark.stability": "stable"}) == (3.0, None)
+    assert value(metrics, "benchmark.speedup_p50", {"benchmark.stability": "unstable"}) == (3.0, None)
+    got, why = value(metrics, "benchmark.speedup_p50", {"benchmark.stability": "invalid"})
+    assert got is None and "invalid" in why

@@ -42,10 +42,12 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def _all_runs(uri: str, experiment: str = "ptflow"):
+def _all_runs(uri: str, experiment: str = "ptflow", parents: bool = False):
+    """The job runs (and with `parents`, the sweeps' parent runs too)."""
     client = _client(uri)
     found = client.get_experiment_by_name(experiment)
-    return [] if found is None else client.search_runs([found.experiment_id])
+    runs = [] if found is None else client.search_runs([found.experiment_id])
+    return runs if parents else [r for r in runs if r.data.tags.get("ptflow.sweep_parent") != "true"]
 
 
 def _records(root: Path) -> list[dict]:
@@ -113,6 +115,10 @@ def test_ctrl_c_during_a_joblib_sweep_ends_every_job_killed(tmp_path):
     assert len(runs) == 2 and {r.info.status for r in runs} == {"KILLED"}
     assert all("SIGINT" in r.data.tags["ptflow.kill_reason"] for r in runs)
     assert {(r["status"], r["exit_code"]) for r in _records(tmp_path / "outputs")} == {("KILLED", 130)}
+    ids = {r.info.run_id for r in runs}
+    (parent,) = [r for r in _all_runs(_sqlite(tmp_path), parents=True) if r.info.run_id not in ids]
+    assert parent.info.status == "KILLED" and parent.data.metrics["sweep/killed"] == 2
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
 
 
 def test_sigterm_to_the_launcher_of_a_joblib_sweep_closes_its_workers_runs(tmp_path):
