@@ -32,7 +32,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/cli_startup.py
 	$(BIN)/python bench/protocol.py
 	$(BIN)/python bench/faults.py
-	$(BIN)/python bench/sweep.py --benchmark quick
+	$(BIN)/python bench/sweep.py --benchmark quick --workload both
 
 clean:
 	rm -rf outputs
