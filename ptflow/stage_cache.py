@@ -143,24 +143,30 @@ def versions() -> dict[str, str]:
 
 
 def code_version(stage_cls: type, config: Mapping[str, Any]) -> dict[str, str]:
-    """sha256 of the stage's module source and of each module a `_target_` names."""
-    modules = {stage_cls.__module__} | {t.rpartition(".")[0] for t in _targets(config)}
-    return {name: _module_digest(name) for name in sorted(m for m in modules if m)}
+    """sha256 of the stage's module source and of the module each `_target_` lives in."""
+    targets = {stage_cls.__module__ + ".x"} | set(_targets(config))
+    return {target: _module_digest(target) for target in sorted(targets)}
 
 
-def _module_digest(name: str) -> str:
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        spec = None
-    origin = spec.origin if spec is not None else None
-    if not origin or not os.path.isfile(origin):
-        return "unknown"
-    return _digest(origin)
+def _module_digest(target: str) -> str:
+    """The source digest of the module a dotted target lives in: 'pkg.mod.fn' and
+    'pkg.mod.Class.from_pretrained' both hash pkg/mod.py."""
+    parts = target.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            spec = importlib.util.find_spec(".".join(parts[:cut]))
+        except (ImportError, ValueError, AttributeError):
+            continue
+        if spec is not None and spec.origin and os.path.isfile(spec.origin):
+            return _digest(spec.origin)
+    return "unknown"
 
 
 def referenced_files(config: Mapping[str, Any]) -> dict[str, str]:
-    """sha256 of every existing file a string of the config names (weights, data files)."""
+    """What every existing file or directory a string of the config names holds (weights,
+    data files, a Hugging Face model dir): a file's sha256; for a directory, the sha256 of
+    each file's relative path, size and mtime (reading a model dir of gigabytes on every
+    run would cost more than the cache saves; any write changes an mtime)."""
     from ptflow.targets import resolve_path
 
     found = {}
@@ -173,7 +179,19 @@ def referenced_files(config: Mapping[str, Any]) -> dict[str, str]:
             continue
         if path.is_file():
             found[text] = _digest(str(path))
+        elif path.is_dir():
+            found[text] = _listing_digest(path)
     return found
+
+
+def _listing_digest(folder: Path) -> str:
+    entries = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            stat = os.stat(os.path.join(root, name))
+            entries.append((os.path.relpath(os.path.join(root, name), folder), stat.st_size, stat.st_mtime_ns))
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
 
 
 @functools.lru_cache(maxsize=256)

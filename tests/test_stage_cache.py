@@ -72,6 +72,22 @@ def test_the_key_follows_the_code_of_a_builder_the_config_names(tmp_path, monkey
     assert before != _key(cache, config)
 
 
+def test_the_key_follows_a_model_directory_and_a_class_method_builder(tmp_path, monkeypatch):
+    folder = tmp_path / "hf_model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (tmp_path / "my_hf_mod.py").write_text("class Model:\n    @classmethod\n    def load(cls):\n        return 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cache = StageCache(tmp_path / "c")
+    config = {"builder": {"_target_": "my_hf_mod.Model.load", "path": str(folder)}}
+    before = _key(cache, config)
+    (folder / "model.safetensors").write_bytes(b"weights")   # a file added to the model dir
+    after_dir = _key(cache, config)
+    assert before != after_dir
+    (tmp_path / "my_hf_mod.py").write_text("class Model:\n    @classmethod\n    def load(cls):\n        return 2\n")
+    assert after_dir != _key(cache, config)   # the class's module edited
+
+
 def test_an_entry_round_trips_and_a_corrupt_one_is_moved_aside(tmp_path):
     cache = StageCache(tmp_path)
     cache.write("s", "k1", {"a": torch.arange(4.0)}, {"m": 1})
