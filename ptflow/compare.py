@@ -201,9 +201,15 @@ def pick(rows: Sequence[Row], budget: Budget) -> Pick:
     shown = budget.text or f"{budget.value:g}"
     if best is not None:
         limit = budget.limit(best)
+        faster = [row for row in ranked if row.stability == "unstable" and budget.qualifies(row)
+                  and (row.speedup or 0) > (best.speedup or 0)]
         warning = "" if best.stability != "unstable" else (
             f"warning: no stable run qualifies and {best.name}'s measurement is unstable: measure it again "
             "(more benchmark iterations) before trusting its speedup")
+        if faster and not warning:
+            warning = (f"note: {', '.join(f'{r.name} ({r.speedup:.2f}x)' for r in faster)} measured faster within "
+                       "the budget but unstable, so not picked; measure again (benchmark=rigorous, a quieter "
+                       "machine) before ruling them out")
         return Pick(best, f"best within a drop of {shown} (≤ {limit:.6g} {best.metric or ''}): {best.name}", warning)
     return Pick(None, _why_none(rows, ranked, budget, shown))
 

@@ -254,3 +254,13 @@ def test_plot_labels_drop_the_model_name_every_recipe_shares():
     assert _shared_head(["digits_mlp-bf16-eager", "digits_mlp-none-eager"]) == "digits_mlp-"
     assert _shared_head(["digits_mlp-bf16-eager", "digits_cnn-bf16-eager"]) == ""
     assert _shared_head(["only-one"]) == ""
+
+
+def test_pick_names_the_faster_unstable_runs_it_passed_over():
+    rows = [row("slow-stable", speedup=1.0), row("fast-noisy", speedup=1.5, stability="unstable"),
+            row("fast-noisy-over-budget", speedup=2.0, stability="unstable", drop=0.5)]
+    choice = cmp.pick(rows, cmp.Budget.parse("0.01"))
+    assert choice.row.name == "slow-stable"
+    assert "fast-noisy (1.50x)" in choice.warning and "over-budget" not in choice.warning
+    assert cmp.pick([row("a", speedup=2.0), row("b", speedup=1.5, stability="unstable")],
+                    cmp.Budget.parse("0.01")).warning == ""
