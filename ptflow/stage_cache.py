@@ -48,7 +48,6 @@ class StageCache:
 
     root: Path
     outcomes: dict[str, str] = field(default_factory=dict)   # stage -> hit | miss | rebuilt
-    keys: dict[str, str] = field(default_factory=dict)       # stage -> its key
     discarded: dict[str, str] = field(default_factory=dict)  # stage -> why its entry was not trusted
 
     def key(self, upstream: str | None, stage: str, stage_cls: type, config: Mapping[str, Any],
@@ -106,9 +105,6 @@ class StageCache:
             pass   # another job renamed the same entry in first, or the disk is full: a miss next time
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-
-    def summary(self) -> dict[str, str]:
-        return dict(self.outcomes)
 
 
 _MEMORY: dict[str, tuple[str, Any]] = {}
@@ -246,7 +242,6 @@ def run_cached(planned: Any, artifact: Any, ctx: Any, run: Any) -> tuple[Any, st
     numerics = {k: ctx.settings.get(k) for k in NUMERICS}
     key = cache.key(upstream, name, type(planned.stage), to_plain(planned.config), ctx.seed,
                     json.dumps({"device": ctx.device, **numerics}, sort_keys=True, default=str))
-    cache.keys[name] = key
     if mode == "memory":
         held = cache.remembered(name, key)
         if held is not None:
