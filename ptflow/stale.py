@@ -139,8 +139,10 @@ def close_record(record: RunRecord, reason: str, exit_code: int | None, client=N
 
 
 def _terminate(client, run_id: str, reason: str, uri: str | None) -> None:
+    from ptflow.tracker import set_terminated
+
     def close() -> None:
         client.set_tag(run_id, "ptflow.kill_reason", reason)
-        client.set_terminated(run_id, status="KILLED")
+        set_terminated(client, run_id, "KILLED")
 
     _quietly(close, uri)

@@ -120,6 +120,8 @@ def _close_one(uri: str, experiment_id: str, run_id: str, sweep_dir: Path, recor
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
+    from ptflow.tracker import set_terminated
+
     try:
         client = MlflowClient(tracking_uri=uri)
         now = int(time.time() * 1000)
@@ -131,7 +133,7 @@ def _close_one(uri: str, experiment_id: str, run_id: str, sweep_dir: Path, recor
         written = _comparison(uri, experiment_id, run_id, sweep_dir)
         for path in written:
             client.log_artifact(run_id, str(path), artifact_path="compare")
-        client.set_terminated(run_id, status=status)
+        set_terminated(client, run_id, status)
     except Exception as error:   # a dead store at the end: the jobs' own records are complete
         print(f"ptflow: warning: could not close the sweep's parent MLflow run {run_id} in {uri}: "
               f"{type(error).__name__}: {first_line(error)}", file=sys.stderr, flush=True)

@@ -56,6 +56,13 @@ def mlflow_quiet():
         logger.setLevel(level)
 
 
+def set_terminated(client: Any, run_id: str, status: str) -> None:
+    """End an MLflow run. MLflow writes "🏃 View run … / 🧪 View experiment …" to stdout when
+    it ends a run on a server, once per job; ptflow's summary already names the run and the UI."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        client.set_terminated(run_id, status=status)
+
+
 def relog_command(run_dir: str) -> str:
     return f"ptflow-runs relog {run_dir}"
 
@@ -328,7 +335,7 @@ class MlflowTracker:
     def _terminate(self) -> None:
         status = "FAILED" if self.record.status == "CONFIG_ERROR" else self.record.status
         try:
-            self.client.set_terminated(self.run_id, status=status)
+            set_terminated(self.client, self.run_id, status)
         except Exception as error:   # reported already if the store is down; else report now
             self._failed(error)
 

@@ -201,6 +201,7 @@ def test_sixteen_parallel_jobs_into_one_mlflow_server_nest_under_one_parent(tmp_
         took = time.monotonic() - started
         assert result.returncode == 0, result.stderr[-4000:]
         assert "sweep: 16/16 job(s)" in result.stdout and "16 finished, 0 failed" in result.stdout
+        assert "View run" not in result.stdout   # MLflow's per-run lines: the summary names the run already
         client, runs = _runs(server.uri)
         parent, jobs = _split_parent(runs)
         _assert_job_runs(client, jobs, 16, "files/export.pt2")
