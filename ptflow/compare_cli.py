@@ -60,21 +60,15 @@ def _parser() -> argparse.ArgumentParser:
 def store(tracking_uri: str | None, outputs_dir: Path) -> str:
     """The store URI to read; Refused when there is none. A missing sqlite file is never
     created (MLflow would create an empty one on first contact)."""
-    from ptflow.tracking import TrackingConfig, configure_http, probe, sqlite_path
+    from ptflow.tracking import StoreUnavailable, existing_store
 
     uri = tracking_uri or f"sqlite:///{(outputs_dir / 'mlflow.db').resolve()}"
     origin = "--tracking-uri / MLFLOW_TRACKING_URI" if tracking_uri else f"--outputs-dir {outputs_dir}"
-    db = sqlite_path(uri)
-    if db is not None:
-        db = db.resolve()
-        if not db.is_file():
-            raise Refused(f"no MLflow store at {db} (chosen by {origin}); run a sweep first "
-                          "(ptflow -m quantize=none,int8_dynamic) or pass --tracking-uri URI / --outputs-dir DIR")
-        uri = f"sqlite:///{db}"
-    elif uri.startswith(("http://", "https://")) and (cause := probe(uri)):
-        raise Refused(f"the MLflow server {uri} (chosen by {origin}) does not answer: {cause}; start it or pass "
-                      "the right --tracking-uri")
-    configure_http(TrackingConfig(uri=uri))
+    try:
+        uri = existing_store(uri, origin)
+    except StoreUnavailable as error:
+        raise Refused(f"{error}; run a sweep first (ptflow -m quantize=none,int8_dynamic), start the server, "
+                      "or pass --tracking-uri URI / --outputs-dir DIR") from None
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # a bar per overrides.txt otherwise
     return uri
 

@@ -31,7 +31,7 @@ from ptflow.errors import first_line
 from ptflow.record import RESULT_FILE, RunRecord
 from ptflow.reproduce_check import (OutputCheck, Verdict, context_lines, exit_code, headline, latency_lines,
                                     planned_checks, run_verdicts)
-from ptflow.tracking import TrackingConfig, configure_http, probe, sqlite_path, store_uri
+from ptflow.tracking import StoreUnavailable, TrackingConfig, existing_store, sqlite_path, store_uri
 
 PROG = "ptflow-reproduce"
 CONFIG_NAME = "reproduce"
@@ -82,20 +82,15 @@ def _store(tracking_uri: str | None, outputs_dir: Path | None) -> tuple[str, str
         folder = outputs_dir or Path("outputs")
         uri = store_uri(TrackingConfig(), folder.resolve())
         origin = f"--outputs-dir {folder}" if outputs_dir else "the default --outputs-dir outputs"
+    try:
+        uri = existing_store(uri, origin)
+    except StoreUnavailable as error:
+        raise Refused(f"{error}: nothing to look the run up in; pass --outputs-dir DIR (the outputs_dir the run "
+                      "used) or --tracking-uri URI, or start the server") from None
     db = sqlite_path(uri)
-    if db is not None:
-        db = db.resolve()
-        uri = f"sqlite:///{db}"
-        if not db.is_file():   # never create an empty store just to look a run up
-            raise Refused(f"no MLflow store at {db} (chosen by {origin}): nothing was tracked there; "
-                          "pass --outputs-dir DIR (the outputs_dir the run used) or --tracking-uri URI")
-        if not os.access(db, os.R_OK | os.W_OK) or not os.access(db.parent, os.W_OK):
-            raise Refused(f"the MLflow store {db} (chosen by {origin}) is read-only for this user: the "
-                          "reproduction could not be recorded next to its source")
-    elif uri.startswith(("http://", "https://")) and (cause := probe(uri)):
-        raise Refused(f"the MLflow server {uri} (chosen by {origin}) does not answer: {cause}; start it, or "
-                      "pass the right --tracking-uri")
-    configure_http(TrackingConfig(uri=uri))
+    if db is not None and (not os.access(db, os.R_OK | os.W_OK) or not os.access(db.parent, os.W_OK)):
+        raise Refused(f"the MLflow store {db} (chosen by {origin}) is read-only for this user: the "
+                      "reproduction could not be recorded next to its source")
     return uri, origin
 
 

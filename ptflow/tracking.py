@@ -161,6 +161,26 @@ def probe(uri: str) -> str | None:
     return f"no answer from {host} after {PROBE_TRIES} tries of {PROBE_TIMEOUT_S:.0f} s ({cause})"
 
 
+class StoreUnavailable(Exception):
+    """A store to read runs from is not there: no sqlite file, or a server that does not answer."""
+
+
+def existing_store(uri: str, origin: str) -> str:
+    """`uri` as a store to read (a sqlite path made absolute), with MLflow's HTTP retries
+    bounded. A missing sqlite file is never created (MLflow makes an empty one on first
+    contact); a dead server is found in seconds. `origin` says which setting chose `uri`."""
+    db = sqlite_path(uri)
+    if db is not None:
+        db = db.resolve()
+        uri = f"sqlite:///{db}"
+        if not db.is_file():
+            raise StoreUnavailable(f"no MLflow store at {db} (chosen by {origin})")
+    elif _is_http(uri) and (cause := probe(uri)):
+        raise StoreUnavailable(f"the MLflow server {uri} (chosen by {origin}) does not answer: {cause}")
+    configure_http(TrackingConfig(uri=uri))
+    return uri
+
+
 def _lock_path(uri: str) -> Path:
     db = sqlite_path(uri)
     if db is not None:
