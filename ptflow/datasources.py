@@ -149,6 +149,11 @@ def _tensor_file_problems(key: str, arguments: Mapping[str, Any]) -> list[Proble
     bad = [(arg, name) for arg, name in wanted if not isinstance(name, str) or not name]
     if bad:
         return [Problem(f"{key}.{arg}", name, "a key of the file (text)") for arg, name in bad]
+    unsafe = _pickled_objects(path)
+    if unsafe:
+        return [Problem(f"{key}.path", text, "a .pt file holding a dict of tensors, or an .npz file",
+                        f"{path} would run code when loaded ({unsafe}): save plain tensors with "
+                        "torch.save({'x': x, 'y': y}, path) or numpy.savez(path, x=x, y=y)")]
     try:
         found = _file_keys(path)
     except Exception as error:   # not a zip, not a dict of tensors, pickled objects ...
@@ -156,6 +161,20 @@ def _tensor_file_problems(key: str, arguments: Mapping[str, Any]) -> list[Proble
                         f"{path}: {type(error).__name__}: {str(error).splitlines()[0][:200]}")]
     return [Problem(f"{key}.{arg}", name, f"a key of {path}: " + ", ".join(found),
                     did_you_mean(name, found)) for arg, name in wanted if name not in found]
+
+
+def _pickled_objects(path: Path) -> str | None:
+    """What a torch.save file would unpickle beyond tensors (``ptflow.archive_audit``), or None.
+    It is read weights-only anyway; this says so in the pre-flight, naming what it holds."""
+    from ptflow.archive_audit import checkpoint_problem
+
+    if path.suffix == ".npz":
+        return None   # numpy.load(allow_pickle=False)
+    with open(path, "rb") as handle:
+        if handle.read(4) != b"PK\x03\x04":
+            return None
+        handle.seek(0)
+        return checkpoint_problem(handle)
 
 
 def _load_tensors(path: Path, mmap: bool = False) -> dict[str, Any]:

@@ -9,7 +9,8 @@ Name it as the model builder; it loads the weights itself, so model.weights stay
     weights: null
 
 Loading never touches the network (``local_files_only=True`` and ``HF_HUB_OFFLINE=1``
-while it runs) and never runs code shipped with the model (no ``trust_remote_code``).
+while it runs) and never runs code shipped with the model (no ``trust_remote_code``;
+pickled ``pytorch_model*.bin`` weights must be weights-only safe).
 """
 from __future__ import annotations
 
@@ -51,11 +52,36 @@ def _problems(key: str, arguments: Mapping[str, Any]) -> list[Problem]:
     elif not any(next(directory.glob(pattern), None) for pattern in WEIGHT_FILES):
         problems.append(Problem(f"{key}.path", text, "a directory holding the model's weights",
                                 f"{directory} has config.json but no model.safetensors or pytorch_model.bin"))
+    else:
+        unsafe = pickled_weights_problem(directory)
+        if unsafe:
+            problems.append(Problem(f"{key}.path", text, "a model directory whose weights load without running code",
+                                    unsafe))
     name = str(arguments.get("auto_class", "AutoModel"))
     if _transformers_class(name) is None:
         problems.append(Problem(f"{key}.auto_class", name, "a transformers model class with from_pretrained, "
                                 "e.g. AutoModelForSequenceClassification", did_you_mean(name, _auto_classes())))
     return problems
+
+
+def pickled_weights_problem(directory: Path) -> str | None:
+    """Why the weights transformers would load from `directory` run code when unpickled, or
+    None. With a safetensors file there, transformers loads that; else each pytorch_model*.bin
+    (a torch.save zip) must be weights-only safe (``ptflow.archive_audit``)."""
+    from ptflow.archive_audit import checkpoint_problem
+
+    if next(directory.glob("*.safetensors"), None) is not None:
+        return None
+    for path in sorted(directory.glob("pytorch_model*.bin")):
+        with open(path, "rb") as handle:
+            if handle.read(4) != b"PK\x03\x04":
+                continue   # a legacy stream: transformers reads it with weights_only=True
+            handle.seek(0)
+            problem = checkpoint_problem(handle)
+        if problem:
+            return (f"{path} would run code when loaded ({problem}); re-save the model with save_pretrained(), "
+                    "which writes safetensors")
+    return None
 
 
 def _transformers_class(name: str) -> Any:
@@ -107,6 +133,9 @@ def from_pretrained(path: str, auto_class: str = "AutoModel", dtype: str | None 
     if not (directory / "config.json").is_file():
         raise InputError(f"model.builder.path: no config.json in {directory}; expected a directory written "
                          "by save_pretrained()")
+    unsafe = pickled_weights_problem(directory)
+    if unsafe:
+        raise InputError(f"model.builder.path: {unsafe}")
     options: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
     if dtype is not None:   # transformers 5 renamed torch_dtype to dtype
         import transformers

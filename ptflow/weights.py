@@ -31,6 +31,8 @@ PICKLE_PROTOCOLS = range(2, 6)  # torch's legacy format opens with PROTO 2; late
 ZIP_MAGIC = b"PK\x03\x04"
 UNPICKLER_DETAIL = "WeightsUnpickler error:"
 HEAD_BYTES = 64  # enough to recognise an HTML page or a Git LFS pointer
+# packages a .pt2 may name as its output types and have imported (they register pytree nodes on import)
+OUTPUT_TYPE_PACKAGES = ("torch", "transformers")
 
 
 class ModelFormat(str, enum.Enum):
@@ -191,9 +193,10 @@ def describe_format(found: ModelFormat) -> str:
             ModelFormat.PT2: "a torch.export program (torch.export.save)"}.get(found, found.value)
 
 
-def program_signature(path: Path) -> ProgramSignature:
-    """The calling convention and output types of the .pt2 program at `path`, from the JSON
-    in its archive (loading the program needs its output types registered first)."""
+def program_signature(path: Path | Any) -> ProgramSignature:
+    """The calling convention and output types of the .pt2 program at `path` (or in a binary
+    file object), from the JSON in its archive (loading the program needs its output types
+    registered first)."""
     with zipfile.ZipFile(path) as archive:
         name = next(n for n in archive.namelist() if f"/{n}".rsplit("/", 2)[-2] == "models"
                     and n.endswith(".json"))
@@ -270,30 +273,78 @@ def read_torchscript(path: Path) -> Any:
         raise read_failure(path, error, ModelFormat.TORCHSCRIPT) from error
 
 
-def read_program(path: Path) -> tuple[Any, ProgramSignature]:
+def read_program(path: Path, trust_pickle: bool = False) -> tuple[Any, ProgramSignature]:
     """The module of the torch.export program in a .pt2 file, and how it must be called.
-    The program's output types (dataclasses such as transformers' ModelOutput) must be
-    registered with torch's pytree before it loads: their modules are imported first."""
+    The bytes are read once and audited (``ptflow.archive_audit``: no pickled objects, no
+    code in shape expressions, no compiled library) before torch.export.load sees those same
+    bytes; `trust_pickle` skips the audit. The program's output types (dataclasses such as
+    transformers' ModelOutput) must be registered with torch's pytree before it loads."""
+    import io
+
     import torch
 
     try:
-        signature = program_signature(path)
+        data = path.read_bytes()
+        signature = program_signature(io.BytesIO(data))
     except Exception as error:   # not the JSON torch.export.save writes
         raise read_failure(path, error, ModelFormat.PT2) from error
+    if not trust_pickle:
+        from ptflow.archive_audit import audit_pt2_bytes
+
+        problems = audit_pt2_bytes(data)
+        if problems:
+            raise InputError(f"model.weights: {unsafe_message(path, problems)}")
     for name in signature.output_types:
-        _register_output_type(name, path)
+        _register_output_type(name, path, trust_pickle)
     try:
-        program = torch.export.load(path)
+        program = torch.export.load(io.BytesIO(data))
     except Exception as error:
         raise read_failure(path, error, ModelFormat.PT2) from error
     return program.module(), signature
 
 
-def _register_output_type(name: str, path: Path) -> None:
+def unsafe_message(path: Path, problems: list[str]) -> str:
+    """Why a model file is refused: the entries that would run code, and the opt-in."""
+    listed = "".join(f"\n    {p}" for p in problems)
+    return (f"{path} would run code when loaded, so ptflow refuses it:{listed}\n  fix: use a "
+            "file of plain tensors (torch.export.save of a program whose inputs and weights are tensors; "
+            "safetensors for a state_dict), or — only if you trust the file and where it came from — set "
+            "model.trust_pickle=true")
+
+
+def safety_problem(path: Path, found: ModelFormat) -> str | None:
+    """Pre-flight: why the file at `path` (as `found`) would run code when loaded, or None.
+    Reads a .pt2's small entries and a checkpoint's data.pkl, not its tensors."""
+    from ptflow.archive_audit import checkpoint_problem, pt2_problems
+
+    try:
+        with open(path, "rb") as handle:
+            if not handle.read(len(ZIP_MAGIC)).startswith(ZIP_MAGIC):
+                return None   # a legacy pickle stream: only reading it can tell (weights-only at load)
+            handle.seek(0)
+            if found is ModelFormat.PT2:
+                with zipfile.ZipFile(handle) as archive:
+                    problems = pt2_problems(archive)
+                return unsafe_message(path, problems) if problems else None
+            if found is ModelFormat.STATE_DICT:
+                problem = checkpoint_problem(handle)
+                return (None if problem is None else unsafe_message(path, [f"data.pkl: {problem}"])
+                        .replace("would run code when loaded", "holds pickled Python objects, not just tensors "
+                                 "(e.g. a whole model saved with torch.save(model)); unpickling runs code from "
+                                 "the file", 1))
+    except (OSError, zipfile.BadZipFile, ValueError) as error:
+        return f"{path} cannot be inspected: {one_line(error)}"
+    return None
+
+
+def _register_output_type(name: str, path: Path, trust: bool = False) -> None:
     """Make the pytree type `name` (module.Class) known to torch: import its module (which
-    registers it, as transformers does) or register the dataclass it names."""
+    registers it, as transformers does) or register the dataclass it names. A file names
+    the module, so only modules already imported (your builder's, `plugins`) or of a trusted
+    package are imported on its say-so; `trust` (model.trust_pickle) lifts that."""
     import dataclasses
     import importlib
+    import sys
 
     import torch
     from torch.utils import _pytree
@@ -301,6 +352,11 @@ def _register_output_type(name: str, path: Path) -> None:
     if name in _pytree.SERIALIZED_TYPE_TO_PYTHON_TYPE:
         return
     parts, found = name.split("."), None
+    if not (trust or parts[0] in OUTPUT_TYPE_PACKAGES or parts[0] in sys.modules):
+        raise InputError(f"model.weights: the program in {path} returns a {name}; ptflow does not import module "
+                         f"'{parts[0]}' because a file names it (importing runs its code)\n  fix: list the module that "
+                         f"defines it in plugins (plugins=[{'.'.join(parts[:-1])}]), which ptflow imports before the "
+                         "model loads")
     for cut in range(len(parts) - 1, 0, -1):   # the longest importable module prefix
         try:
             found = importlib.import_module(".".join(parts[:cut]))

@@ -23,7 +23,7 @@ from ptflow.stage import Environment, Note, RunContext, ignore_warning, register
 from ptflow.targets import check_target, instantiate, resolve_path, traits_of
 from ptflow.weights import (SAFETENSORS, TORCH_FORMATS, ModelFormat, ProgramSignature, describe_format,
                             expected_format, file_problem, fix_hint, read_program,
-                            read_torchscript, sniff)
+                            read_torchscript, safety_problem, sniff)
 
 # Files that hold their architecture with their weights: no builder, and a form of their own.
 FORMS = {ModelFormat.TORCHSCRIPT: Form.SCRIPTED, ModelFormat.PT2: Form.EXPORTED}
@@ -250,6 +250,10 @@ def _weights_file_problems(model: ModelConfig) -> list[Problem]:
         return [Problem("model.format", wanted.value, f"the format of model.weights ({path})",
                         f"the file is {describe_format(found)}: set model.format={found.value} or auto")]
     problem = _builder_problem(model, path, found)
+    if problem is None and not model.trust_pickle:   # what loading it would run, before anything loads
+        unsafe = safety_problem(path, found)
+        if unsafe is not None:
+            problem = Problem("model.weights", text, "a file that loads without running code from it", unsafe)
     return [problem] if problem else []
 
 
@@ -270,7 +274,7 @@ def load_model(config: ModelConfig, warn: Warn = ignore_warning) -> LoadedModel:
     if found is ModelFormat.TORCHSCRIPT:
         return LoadedModel(read_torchscript(path), found)
     if found is ModelFormat.PT2:
-        module, signature = read_program(path)
+        module, signature = read_program(path, config.trust_pickle)
         return LoadedModel(module, found, signature)
     loaded = read_weights(path, config.trust_pickle)
     if isinstance(loaded, torch.nn.Module):

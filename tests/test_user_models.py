@@ -116,8 +116,8 @@ class Net(nn.Module):
 
 
 def test_a_pt2_program_with_dataclass_outputs_loads_in_a_fresh_process(tmp_path, monkeypatch):
-    """torch.export.load needs the output dataclass registered: ptflow imports and registers
-    it from the name the program records."""
+    """torch.export.load needs the output dataclass registered: ptflow registers it from the name
+    the program records, once its module is imported — by plugins, never on the file's say-so."""
     (tmp_path / "scores_out.py").write_text(OUTPUT_MODULE)
     script = textwrap.dedent(f'''
         import torch, scores_out
@@ -128,8 +128,8 @@ def test_a_pt2_program_with_dataclass_outputs_loads_in_a_fresh_process(tmp_path,
     ''')
     subprocess.run([sys.executable, "-c", script], cwd=tmp_path, check=True, capture_output=True)
     monkeypatch.syspath_prepend(str(tmp_path))
-    config, choices = _config("pipeline=[load,validate]", model={"builder": None,
-                                                                  "weights": str(tmp_path / "scores.pt2")})
+    config, choices = _config("pipeline=[load,validate]", "plugins=[scores_out]",
+                              model={"builder": None, "weights": str(tmp_path / "scores.pt2")})
     artifact, _ = _run(tmp_path, config, choices)
     assert [p for p, _ in artifact.baseline.outputs[0]] == ["output.logits"]
     sys.modules.pop("scores_out", None)
