@@ -1,6 +1,7 @@
 """`ptflow-reproduce RUN_ID`: run a tracked run's config again and say what came out the same.
 
   ptflow-reproduce RUN_ID [--tracking-uri URI] [--outputs-dir DIR] [--atol A] [--rtol R] [--dry-run]
+                         [--allow-target PATTERN ...] [--trust-pickle]
 
 The run is found in the MLflow store ptflow would use (--tracking-uri, else
 MLFLOW_TRACKING_URI, else sqlite:///<outputs-dir>/mlflow.db). Its logged config.yaml is
@@ -9,6 +10,10 @@ lacks Hydra's node, so ptflow's own (run dir pattern, job name, logging) is put 
 config runs again as a normal `ptflow` run in a new process, into the same experiment,
 tagged ptflow.reproduces=RUN_ID. Then every export file of the source's manifest and the
 task metric are compared (``ptflow.reproduce_check``).
+
+A config from a store is untrusted input: before anything runs (the dry run included),
+every ``_target_`` and plugin it names is shown and judged (``ptflow.reproduce_trust``);
+one outside ptflow's own builders and the user's --allow-target patterns is refused.
 
 Exit codes: 0 everything the same; 1 something differs or could not be checked, or a run
 (the source or the reproduction) did not finish; 2 bad arguments, run or store not found.
@@ -59,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rtol", type=_tolerance, default=0.0, help="relative tolerance for those (default 0)")
     parser.add_argument("--dry-run", action="store_true",
                         help="rebuild the config and check it (ptflow dry_run=true); run and compare nothing")
+    parser.add_argument("--allow-target", action="append", default=[], metavar="PATTERN",
+                        help="allow a `_target_` or plugin of your own that the stored config names (a glob such as "
+                             "'mymodels.*'; repeatable; also [tool.ptflow.reproduce] allow_targets in ./pyproject.toml)")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow a stored model.trust_pickle=true (unpickling model.weights runs code from it)")
     return parser
 
 
@@ -248,8 +258,9 @@ def _reproduce(args: argparse.Namespace) -> int:
         scratch_dir = Path(scratch)
         config, source_manifest = _source_files(client, source, scratch_dir / "source")
         new_config, changes = reproduction_config(config, run_id, uri, experiment, args.outputs_dir)
-        print(f"{PROG}: run {run_id} '{source.info.run_name}' ({status}) in {uri}, experiment '{experiment}'\n"
-              f"{PROG}: its config.yaml again, with {', '.join(changes) or 'no changes'}", flush=True)
+        print(f"{PROG}: run {run_id} '{source.info.run_name}' ({status}) in {uri}, experiment '{experiment}'", flush=True)
+        _vet(config, run_id, uri, args)
+        print(f"{PROG}: its config.yaml again, with {', '.join(changes) or 'no changes'}", flush=True)
         command = _command(new_config, config, source, scratch_dir / "conf")
         if args.dry_run:
             print(f"{PROG}: would compare {planned_checks(config, source_manifest)}", flush=True)
@@ -274,6 +285,28 @@ def _reproduce(args: argparse.Namespace) -> int:
         check = OutputCheck.between(client, source, config, record, new_manifest, scratch_dir, args.atol, args.rtol)
         verdicts = run_verdicts(source, config, (source_manifest, new_manifest), record, check)
     return _report(source, record, verdicts, (source_manifest, new_manifest))
+
+
+def _vet(config: Mapping[str, Any], run_id: str, uri: str, args: argparse.Namespace) -> None:
+    """Show what the stored config would run here; Refused, before anything runs, when any of it
+    is not allowed (``ptflow.reproduce_trust``)."""
+    from ptflow.reproduce_trust import judge_config, report, user_patterns
+
+    patterns, note = user_patterns(args.allow_target, Path.cwd())
+    if note:
+        print(f"{PROG}: note: {note}", file=sys.stderr)
+    judged = judge_config(config, patterns, args.trust_pickle)
+    refused = [j for j in judged if not j.allowed]
+    if not refused:
+        print(f"{PROG}: what its config runs here (a stored config is untrusted input):\n{report(judged)}", flush=True)
+        return
+    allowable = [j.name for j in refused if j.why == "not in the allowlist"]
+    fix = (f"if you trust {', '.join(repr(n) for n in allowable)}, allow them: "
+           + " ".join(f"--allow-target {n}" for n in allowable)
+           + " (globs such as 'mymodels.*' work; or list them under [tool.ptflow.reproduce] allow_targets in "
+           "./pyproject.toml)" if allowable else "the others can never be allowed")
+    raise Refused(f"run {run_id}'s config in {uri} would run code ptflow does not trust on this machine; anyone who "
+                  f"can write to the store can change it, so nothing was run:\n{report(judged)}\n  fix: {fix}")
 
 
 def _source_files(client: Any, source: Any, into: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
