@@ -4,12 +4,13 @@ The export stage writes and verifies the files; once the run has finished, the t
 logs each ``pt2`` and ``onnx`` file of the manifest as an MLflow model (a LoggedModel
 linked to the run, loadable with ``mlflow.pytorch.load_model`` / ``mlflow.onnx.load_model``
 and, where MLflow's flavor can, ``mlflow.pyfunc.load_model``) and registers one under
-``export.register_as``. The model holds the very bytes the manifest hashes: nothing is
-re-exported. Signature and input example come from ``<name>.example.safetensors``.
+``export.register_as`` once the store's copy is checked (``ptflow.logged_model_check``).
+The model holds the very bytes the manifest hashes: nothing is re-exported or re-saved. Signature and input example come from ``<name>.example.safetensors``.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -56,10 +57,25 @@ def log_exported_models(uri: str, run_id: str, manifest_path: Path, present_tags
         for entry in entries:
             if MODEL_TAG.format(fmt=entry["format"]) in present_tags:
                 continue
-            name = register_as if register_as and entry["format"] == registering else None
             builder = _log_pt2 if entry["format"] == "pt2" else _log_onnx
-            logged.append(builder(export_dir / entry["file"], manifest, example, tensors, run_id, name))
+            model = builder(export_dir / entry["file"], manifest, example, tensors, run_id)
+            if register_as and entry["format"] == registering:
+                model = _register(model, run_id, register_as)
+            logged.append(model)
     return logged
+
+
+def _register(model: LoggedModel, run_id: str, name: str) -> LoggedModel:
+    """Register the model just logged — once it is checked, as the store now holds it, to be
+    the file the run exported (``ptflow.logged_model_check``): another writer of the store
+    could have changed it since."""
+    import mlflow
+
+    from ptflow.logged_model_check import check_logged_model
+
+    check_logged_model(mlflow.MlflowClient(), run_id, model.uri, model.format)
+    version = mlflow.register_model(model.uri, name, await_registration_for=AWAIT_REGISTRATION_S)
+    return dataclasses.replace(model, registered=f"{name}/{version.version}")
 
 
 @contextlib.contextmanager
@@ -122,8 +138,7 @@ def _requirements(manifest: Mapping[str, Any], fmt: str) -> list[str]:
     return [f"{package}=={version.split('+')[0]}" for package, version in sorted(pins.items())]
 
 
-def _log(flavor: Any, manifest: Mapping[str, Any], fmt: str, run_id: str, registered_name: str | None,
-         **kwargs: Any) -> LoggedModel:
+def _log(flavor: Any, manifest: Mapping[str, Any], fmt: str, run_id: str, **kwargs: Any) -> LoggedModel:
     """Model.log with a flavor writing the file as is. MLflow's serving check (reload and
     predict the example) is off: the export stage already reloaded this very file fresh and
     compared it on every eval batch, and the check would cost seconds per run."""
@@ -136,16 +151,12 @@ def _log(flavor: Any, manifest: Mapping[str, Any], fmt: str, run_id: str, regist
     model = mlflow.initialize_logged_model(
         name=model_name(manifest, fmt), source_run_id=run_id, experiment_id=experiment_id,
         tags={"ptflow.format": fmt, "ptflow.config_hash": str(manifest.get("config_hash"))})
-    info = Model.log(artifact_path=None, flavor=flavor, run_id=run_id, model_id=model.model_id,
-                     registered_model_name=registered_name, await_registration_for=AWAIT_REGISTRATION_S,
-                     **kwargs)
-    registered = (f"{registered_name}/{info.registered_model_version}"
-                  if registered_name and info.registered_model_version is not None else None)
-    return LoggedModel(fmt, info.model_id, f"models:/{info.model_id}", registered)
+    info = Model.log(artifact_path=None, flavor=flavor, run_id=run_id, model_id=model.model_id, **kwargs)
+    return LoggedModel(fmt, info.model_id, f"models:/{info.model_id}")
 
 
 def _log_pt2(file: Path, manifest: Mapping[str, Any], example: Mapping[str, Any], tensors: Mapping[str, Any],
-         run_id: str, registered_name: str | None) -> LoggedModel:
+             run_id: str) -> LoggedModel:
     """The .pt2 program in MLflow's pytorch flavor layout (data/model.pt2), the same bytes."""
     input_example = _inputs(example, tensors)
     sig = signature(example, None if isinstance(input_example, dict) else [None])
@@ -179,13 +190,14 @@ def _log_pt2(file: Path, manifest: Mapping[str, Any], example: Mapping[str, Any]
         _PythonEnv.current().to_yaml(str(root / "python_env.yaml"))
 
     flavor = SimpleNamespace(__name__="mlflow.pytorch", save_model=save_model)
-    return _log(flavor, manifest, "pt2", run_id, registered_name, serialization_format="pt2",
-                validate_serving_input=False)
+    return _log(flavor, manifest, "pt2", run_id, serialization_format="pt2", validate_serving_input=False)
 
 
 def _log_onnx(file: Path, manifest: Mapping[str, Any], example: Mapping[str, Any], tensors: Mapping[str, Any],
-          run_id: str, registered_name: str | None) -> LoggedModel:
-    """The .onnx file in MLflow's onnx flavor (runs with onnxruntime through pyfunc)."""
+              run_id: str) -> LoggedModel:
+    """The .onnx file in MLflow's onnx flavor (runs with onnxruntime through pyfunc): the
+    flavour's files, with the exported bytes themselves as model.onnx (MLflow's own save
+    would serialise the proto again, and the manifest's sha256 would no longer match)."""
     import mlflow.onnx
     import onnx
 
@@ -200,9 +212,10 @@ def _log_onnx(file: Path, manifest: Mapping[str, Any], example: Mapping[str, Any
         mlflow.onnx.save_model(proto, path, mlflow_model=mlflow_model, signature=sig, input_example=input_example,
                                pip_requirements=requirements, save_as_external_data=False,
                                onnx_execution_providers=_providers())
+        shutil.copyfile(file, Path(path) / "model.onnx")
 
     flavor = SimpleNamespace(__name__="mlflow.onnx", save_model=save_model)
-    return _log(flavor, manifest, "onnx", run_id, registered_name, validate_serving_input=False)
+    return _log(flavor, manifest, "onnx", run_id, validate_serving_input=False)
 
 
 def _providers() -> list[str]:
