@@ -301,9 +301,17 @@ def example_inputs(manifest: Mapping[str, Any] | None, export_dir: Path) -> Any:
         return ModelInputs(tuple(values))
     pt2 = next((e for e in (manifest or {}).get("files", []) if e["format"] == "pt2"), None)
     if pt2 and (export_dir / pt2["file"]).is_file():
+        import io
+
         import torch
 
-        saved = torch.export.load(str(export_dir / pt2["file"])).example_inputs
+        from ptflow.archive_audit import audit_pt2_bytes
+
+        data = (export_dir / pt2["file"]).read_bytes()
+        problems = audit_pt2_bytes(data)
+        if problems:
+            return f"the reproduction's {pt2['file']} would run code when loaded: {problems[0]}"
+        saved = torch.export.load(io.BytesIO(data)).example_inputs
         if saved is not None:
             args, kwargs = saved
             return ModelInputs(tuple(args), dict(kwargs or {}))

@@ -17,6 +17,7 @@ and plugin is judged against an allowlist:
   callable (its file writers among them), loaders that unpickle or load native code
   (``torch.export.load``, AOTInductor packages, and any callable given ``weights_only=false``,
   ``allow_pickle=true`` or ``trust_remote_code=true``), and Hydra's own instantiate/call;
+- a ``pkg://package/file`` path imports its package: judged as a plugin (ptflow's own allowed);
 - a stored ``model.trust_pickle=true`` (or ``model.format=pickle``) needs the user's own
   ``--trust-pickle``; a stored ``defaults`` list (ptflow never logs one) is refused.
 """
@@ -28,6 +29,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ptflow.targets import PKG_SCHEME
 
 # Builders ptflow marks with @builder_traits (tests/test_reproduce_trust.py keeps this in sync).
 PTFLOW_BUILDERS = frozenset({"ptflow.datasources.tensor_file", "ptflow.datasources.random_inputs",
@@ -57,6 +60,18 @@ class Judged:
 
     def render(self, width: int) -> str:
         return f"  {'allowed' if self.allowed else 'REFUSED':<8} {self.key:<{width}} {self.name}  ({self.why})"
+
+
+def _packages(node: Any, key: str) -> Iterator[tuple[str, str]]:
+    """(key, package) for every pkg://package/file string: resolving one imports the package."""
+    if isinstance(node, str) and node.startswith(PKG_SCHEME):
+        yield key, node[len(PKG_SCHEME):].partition("/")[0]
+    elif isinstance(node, Mapping):
+        for child, value in node.items():
+            yield from _packages(value, f"{key}.{child}" if key else str(child))
+    elif isinstance(node, (list, tuple)):
+        for index, value in enumerate(node):
+            yield from _packages(value, f"{key}[{index}]")
 
 
 def _walk(node: Any, key: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
@@ -122,6 +137,9 @@ def judge_config(config: Mapping[str, Any], patterns: Sequence[str], trust_pickl
     judged = [judge_name(f"{key}._target_", str(node["_target_"]), patterns, node) for key, node in _walk(config, "")]
     for index, plugin in enumerate(config.get("plugins") or []):
         judged.append(judge_name(f"plugins[{index}]", str(plugin), patterns, builtin=False))
+    for key, package in _packages(config, ""):   # ptflow's own packages hold its shipped files
+        judged.append(Judged(key, f"pkg://{package}", True, "ptflow's own package data") if package.split(".")[0]
+                      == "ptflow" else judge_name(key, package, patterns, builtin=False))
     model = config.get("model") if isinstance(config.get("model"), Mapping) else {}
     if model.get("trust_pickle") is True or str(model.get("format")) == "pickle":
         judged.append(Judged("model.trust_pickle", "true", trust_pickle,

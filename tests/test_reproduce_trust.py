@@ -66,6 +66,15 @@ def test_own_modules_need_the_users_pattern_and_nested_targets_count():
     assert "mymodels.*" in allowed["model.builder.backbone._target_"].why
 
 
+def test_a_pkg_path_imports_its_package_so_it_is_judged_too():
+    config, _ = compose()
+    assert _verdicts(config)["model.weights"].allowed   # pkg://ptflow.zoo/digits_mlp.safetensors
+    config["model"]["weights"] = "pkg://attacker_pkg/w.safetensors"
+    verdict = _verdicts(config)["model.weights"]
+    assert not verdict.allowed and verdict.name == "attacker_pkg"
+    assert _verdicts(config, patterns=["attacker_pkg"])["model.weights"].allowed
+
+
 def test_a_stored_trust_pickle_or_defaults_list_needs_the_users_say():
     config, _ = compose()
     config["model"]["trust_pickle"] = True
