@@ -96,6 +96,17 @@ class Stage(Protocol):
 
     # Optional: ``explain(env) -> list[Note]`` — sub-steps and advice shown in the plan;
     # ``refusal(form) -> str | None`` — why a form it does not consume cannot work (the plan's hint).
+    #
+    # Optional, the stage cache (ptflow.stage_cache; only a stage whose upstream is cached):
+    # ``cache = "memory"`` — its result is kept in this process for the next job (a copy of
+    #   the module per hit); or ``cache = "disk"`` with
+    # ``cache_save(artifact) -> (tensors, meta)`` — the result as named tensors and JSON data;
+    # ``cache_restore(artifact, tensors, meta) -> Artifact`` — the result rebuilt from them; derive
+    #   numbers (metrics) from the tensors and the artifact rather than reading them from meta;
+    # ``cache_check(artifact, tensors, meta) -> str | None`` — called on every disk hit before
+    #   restore: why the entry does not match this run (e.g. rerun a sample of the work and
+    #   compare), or None. A non-None answer or an exception discards the entry, reruns the
+    #   stage and warns ``cache.<stage>``.
 
 
 @dataclass(frozen=True)

@@ -1,59 +1,77 @@
 """A content-addressed cache of stage results, shared by the jobs of a sweep.
 
 A stage's key is the sha256 of: the key of the stage before it, the stage's name and
-config, its code version (the sha256 of the source of its module, and of every module a
-``_target_`` in its config names: a user's model class edited in place is a new key),
-the contents of every file its config names (weights, data files), the seed, the device
-and the torch/torchao/ptflow/python versions. Two jobs with the same prefix of a
-pipeline share its entries.
+config, its code (the source of its module, of every module a ``_target_`` in its config
+names, and of every project module those import: ``ptflow.cache_key``), the contents of
+every file or directory its config names, the seed, the device and the torch/torchao/
+ptflow/python versions. Everything is hashed by content, once per run. Two jobs with the
+same prefix of a pipeline share its entries.
 
 A stage opts in with ``cache = "memory"`` (its result is kept in this process for the
 next job: the loaded model, whose form may not be serialisable without pickle; a hit
-gets its own copy of the module) or ``cache = "disk"`` plus ``cache_save(artifact) ->
-(tensors, meta)`` and ``cache_restore(artifact, tensors, meta) -> artifact`` (the
-baseline reference: outputs on every eval batch, the task metric). Disk entries live in
-``<outputs_dir>/cache/stages/<stage>/<key>/``: ``tensors.safetensors`` (no pickle) and
-``meta.json``, which holds the tensors file's sha256. An entry is written into a
-temporary dir and renamed into place, so parallel jobs never read half an entry and the
-first writer wins; an entry whose hash does not match is moved aside and rebuilt.
+gets its own copy of the module) or ``cache = "disk"`` plus ``cache_save`` and
+``cache_restore``, and optionally ``cache_check`` (see ``ptflow.stage.Stage``). Disk
+entries live in ``<outputs_dir>/cache/stages/<stage>/<key>/``: ``tensors.safetensors``
+(no pickle) and ``meta.json``, sealed by a sha256 over all its other fields, the tensors
+file's sha256 among them. An entry is written into a temporary dir named after its
+writer's pid and renamed into place, so parallel jobs never read half an entry and the
+first writer wins; the temp dir of a writer that died is removed by a later run. An
+entry that fails its seal, or the stage's check of a hit, is moved aside and rebuilt with
+a warning. A cache dir that cannot be read or written makes the run do without it (one
+warning), never fail.
 """
 from __future__ import annotations
 
-import functools
+import errno
 import hashlib
-import importlib.util
 import json
 import os
-import platform
+import re
 import shutil
+import socket
+import stat
 import tempfile
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptflow.files import sha256_file
+from ptflow.cache_key import ContentHasher, versions
+from ptflow.errors import first_line
 
 TENSORS, META = "tensors.safetensors", "meta.json"
-FORMAT = 1          # of an entry; a new layout is a new key
+FORMAT = 2          # of an entry and its key; a new layout is a new key
 HIT, MISS, REBUILT = "hit", "miss", "rebuilt"
 # device settings that can change a stage's numbers, part of every key (threads are not:
 # a sweep over threads shares its baseline; they change float sums in the last bits at most)
 NUMERICS = ("device_name", "matmul_precision", "cudnn_benchmark", "deterministic_algorithms", "cudnn_deterministic")
+HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:24]
+# .<key16>-<pid>-<host>-<8 random>: an entry being written (or a corrupt one moved aside);
+# .<key16>-<8 random>: one from a ptflow before pids were in the name
+SCRATCH = re.compile(r"^\.[0-9A-Za-z]{1,16}-(?:(\d+)-([A-Za-z0-9]*)-)?[a-z0-9_]{8}$")
+STALE_S = 60                 # a temp dir of a dead writer on this host, older than this, is removed
+FOREIGN_STALE_S = 24 * 3600  # one whose writer cannot be asked (another host, no pid): after a day
 
 
 @dataclass
 class StageCache:
-    """One run's view of the cache: where it lives and what each stage found."""
+    """One run's view of the cache: where it lives, what each stage found, and whether the
+    dir could be used at all (``problem``, warned once)."""
 
     root: Path
     outcomes: dict[str, str] = field(default_factory=dict)   # stage -> hit | miss | rebuilt
     discarded: dict[str, str] = field(default_factory=dict)  # stage -> why its entry was not trusted
+    problem: str | None = None                               # why the dir cannot be read or written
+    hasher: ContentHasher = field(default_factory=ContentHasher, repr=False)   # this run's file digests
+    _told: bool = field(default=False, repr=False)
+    _swept: set[Path] = field(default_factory=set, repr=False)
 
     def key(self, upstream: str | None, stage: str, stage_cls: type, config: Mapping[str, Any],
             seed: int, device: str) -> str:
         parts = {"format": FORMAT, "upstream": upstream, "stage": stage, "config": config,
-                 "code": code_version(stage_cls, config), "files": referenced_files(config),
+                 "code": self.hasher.code_version(stage_cls, config),
+                 "files": self.hasher.referenced_files(config),
                  "seed": seed, "device": device, "versions": versions()}
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -70,41 +88,112 @@ class StageCache:
         return self.root / stage / key
 
     def read(self, stage: str, key: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        """(tensors, meta) of a sound entry; None when absent. A corrupt entry is moved aside
-        (outcome "rebuilt") and never read."""
-        from safetensors.torch import load_file
+        """(tensors, meta) of a sealed entry; None when absent or the dir cannot be read. A
+        corrupt entry is moved aside (outcome "rebuilt") and never read."""
+        from safetensors.torch import load
 
         folder = self.entry(stage, key)
-        if not folder.is_dir():
+        self._sweep(folder.parent)
+        try:
+            mode = os.lstat(folder).st_mode
+        except FileNotFoundError:
+            return None
+        except OSError as error:   # the cache dir itself: unreadable, or a file where a dir should be
+            self._unusable(error, folder)
+            return None
+        if not stat.S_ISDIR(mode):
+            return self.reject(stage, folder, "was corrupt (a file, not an entry dir)")
+        try:
+            meta_bytes, data = (folder / META).read_bytes(), (folder / TENSORS).read_bytes()
+        except (FileNotFoundError, NotADirectoryError) as error:   # half an entry: no ptflow wrote it
+            return self.reject(stage, folder, f"was corrupt ({type(error).__name__}: {error})")
+        except OSError as error:
+            self._unusable(error, folder)
             return None
         try:
-            meta = json.loads((folder / META).read_text(encoding="utf-8"))
-            if meta.get("key") != key or meta.get("sha256") != sha256_file(folder / TENSORS):
-                raise ValueError("its tensors do not match the sha256 in meta.json")
-            return load_file(str(folder / TENSORS)), meta
-        except Exception as error:   # truncated, edited, unreadable: rebuilt, never trusted
-            self.outcomes[stage] = REBUILT
-            self.discarded[stage] = (f"stage cache entry {folder} was corrupt ({type(error).__name__}: "
-                                     f"{error}); not used, rebuilt by this run")
-            _discard(folder)
-            return None
+            meta = json.loads(meta_bytes)
+            why = _unsealed(meta, key, data)
+            if why is not None:
+                raise ValueError(why)
+            return load(data), meta
+        except Exception as error:   # truncated, edited, not JSON: rebuilt, never trusted
+            return self.reject(stage, folder, f"was corrupt ({type(error).__name__}: {first_line(error)})")
 
     def write(self, stage: str, key: str, tensors: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
         """Write the entry into a temp dir and rename it into place (first writer wins)."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        parent = self.root / stage
-        parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f".{key[:16]}-", dir=parent))
+        data = save({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()})
+        sealed = _seal({**meta, "key": key, "stage": stage, "tensors_sha256": hashlib.sha256(data).hexdigest()})
+        parent, scratch = self.root / stage, None
         try:
-            save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(scratch / TENSORS))
-            full = {**meta, "key": key, "stage": stage, "sha256": sha256_file(scratch / TENSORS)}
-            (scratch / META).write_text(json.dumps(full, indent=1, default=str) + "\n", encoding="utf-8")
+            parent.mkdir(parents=True, exist_ok=True)
+            self._sweep(parent)
+            scratch = Path(tempfile.mkdtemp(prefix=f".{key[:16]}-{os.getpid()}-{HOST}-", dir=parent))
+            (scratch / TENSORS).write_bytes(data)
+            (scratch / META).write_text(json.dumps(sealed, indent=1) + "\n", encoding="utf-8")
             os.rename(scratch, self.entry(stage, key))
-        except OSError:
-            pass   # another job renamed the same entry in first, or the disk is full: a miss next time
+        except OSError as error:   # unless another job renamed the same entry in first: nothing wrong then
+            if not (error.errno in (errno.EEXIST, errno.ENOTEMPTY) and os.path.isdir(self.entry(stage, key))):
+                self._unusable(error, parent)
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
+
+    def reject(self, stage: str, folder: Path, why: str) -> None:
+        """Do not trust the entry in `folder`: move it aside, delete it, say why (outcome "rebuilt")."""
+        self.outcomes[stage] = REBUILT
+        self.discarded[stage] = f"stage cache entry {folder} {why}; not used, rebuilt by this run"
+        aside = folder.with_name(f".{folder.name[:16]}-{os.getpid()}-{HOST}-{os.urandom(4).hex()}")
+        try:
+            os.rename(folder, aside)   # atomic: a parallel reader sees the entry whole or not at all
+        except FileNotFoundError:
+            return                     # another job moved it first
+        except OSError as error:
+            self._unusable(error, folder)
+            return
+        _remove(aside)
+
+    def untold_problem(self) -> str | None:
+        """Why the cache dir cannot be used, the first time it is asked (one warning per run)."""
+        if self.problem is None or self._told:
+            return None
+        self._told = True
+        return self.problem
+
+    def _unusable(self, error: OSError, path: Path) -> None:
+        if self.problem is None:
+            where = error.filename or path
+            self.problem = (f"the stage cache at {self.root} cannot be used ({type(error).__name__} on {where}: "
+                            f"{error.strerror or error}); this run goes on without it (its stages run, nothing "
+                            "is kept). Make it a writable dir (permissions, free space, no file in its place), or set "
+                            "cache=off to bypass it")
+
+    def _sweep(self, parent: Path) -> None:
+        """Remove the temp dirs of writers that died (SIGKILL) from `parent`, once per run:
+        on this host, a dead pid's older than STALE_S; others, older than FOREIGN_STALE_S."""
+        if parent in self._swept:
+            return
+        self._swept.add(parent)
+        try:
+            items = list(os.scandir(parent))
+        except OSError:   # no stage dir yet, or one that cannot be listed: housekeeping waits
+            return
+        now = time.time()
+        for item in items:
+            match = SCRATCH.match(item.name)
+            if match is None:
+                continue
+            try:
+                age = now - item.stat(follow_symlinks=False).st_mtime
+            except OSError:
+                continue
+            if match[1] is not None and match[2] == HOST:
+                stale = age > STALE_S and not _alive(int(match[1]))
+            else:
+                stale = age > FOREIGN_STALE_S
+            if stale:
+                _remove(Path(item.path))
 
 
 _MEMORY: dict[str, tuple[str, Any]] = {}
@@ -115,113 +204,46 @@ def forget() -> None:
     _MEMORY.clear()
 
 
-def _discard(folder: Path) -> None:
-    """Move a corrupt entry aside (atomic: a parallel reader sees it whole or not at all), then delete it."""
-    aside = folder.with_name(f"{folder.name}.corrupt-{os.getpid()}")
+def _seal(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """`fields` as JSON data plus "sha256", the digest of all of them."""
+    plain = json.loads(json.dumps(fields, default=str))
+    return {**plain, "sha256": _fields_digest(plain)}
+
+
+def _fields_digest(meta: Mapping[str, Any]) -> str:
+    fields = {k: v for k, v in meta.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _unsealed(meta: Any, key: str, data: bytes) -> str | None:
+    """Why an entry's meta and tensors are not the ones its writer sealed; None when they are."""
+    if not isinstance(meta, dict) or meta.get("sha256") != _fields_digest(meta):
+        return "meta.json does not match its own sha256: edited after it was written"
+    if meta.get("key") != key:
+        return "it was written under another key"
+    if meta.get("tensors_sha256") != hashlib.sha256(data).hexdigest():
+        return "its tensors do not match the sha256 in meta.json"
+    return None
+
+
+def _alive(pid: int) -> bool:
     try:
-        os.rename(folder, aside)
-    except OSError:
-        return   # another job moved it first
-    shutil.rmtree(aside, ignore_errors=True)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:   # PermissionError: another user's live process
+        pass
+    return True
 
 
-@functools.lru_cache(maxsize=1)
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {"python": platform.python_version()}
-    for name in ("torch", "torchao", "ptflow", "safetensors"):
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
         try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = "none"
-    return found
-
-
-def code_version(stage_cls: type, config: Mapping[str, Any]) -> dict[str, str]:
-    """sha256 of the stage's module source and of the module each `_target_` lives in."""
-    targets = {stage_cls.__module__ + ".x"} | set(_targets(config))
-    return {target: _module_digest(target) for target in sorted(targets)}
-
-
-def _module_digest(target: str) -> str:
-    """The source digest of the module a dotted target lives in: 'pkg.mod.fn' and
-    'pkg.mod.Class.from_pretrained' both hash pkg/mod.py."""
-    parts = target.split(".")
-    for cut in range(len(parts) - 1, 0, -1):
-        try:
-            spec = importlib.util.find_spec(".".join(parts[:cut]))
-        except (ImportError, ValueError, AttributeError):
-            continue
-        if spec is not None and spec.origin and os.path.isfile(spec.origin):
-            return _digest(spec.origin)
-    return "unknown"
-
-
-def referenced_files(config: Mapping[str, Any]) -> dict[str, str]:
-    """What every existing file or directory a string of the config names holds (weights,
-    data files, a Hugging Face model dir): a file's sha256; for a directory, the sha256 of
-    each file's relative path, size and mtime (reading a model dir of gigabytes on every
-    run would cost more than the cache saves; any write changes an mtime)."""
-    from ptflow.targets import resolve_path
-
-    found = {}
-    for text in _strings(config):
-        if "/" not in text and "." not in text:
-            continue
-        try:
-            path = resolve_path(text)
-        except (OSError, ValueError):
-            continue
-        if path.is_file():
-            found[text] = _digest(str(path))
-        elif path.is_dir():
-            found[text] = _listing_digest(path)
-    return found
-
-
-def _listing_digest(folder: Path) -> str:
-    entries = []
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        for name in sorted(files):
-            stat = os.stat(os.path.join(root, name))
-            entries.append((os.path.relpath(os.path.join(root, name), folder), stat.st_size, stat.st_mtime_ns))
-    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
-
-
-@functools.lru_cache(maxsize=256)
-def _digest_of(path: str, size: int, mtime_ns: int) -> str:
-    return sha256_file(Path(path))
-
-
-def _digest(path: str) -> str:
-    """A file's sha256, hashed once per process while its size and mtime stay the same."""
-    stat = os.stat(path)
-    return _digest_of(path, stat.st_size, stat.st_mtime_ns)
-
-
-def _strings(node: Any) -> Iterator[str]:
-    if isinstance(node, str):
-        yield node
-    elif isinstance(node, Mapping):
-        for value in node.values():
-            yield from _strings(value)
-    elif isinstance(node, (list, tuple)):
-        for value in node:
-            yield from _strings(value)
-
-
-def _targets(node: Any) -> Iterator[str]:
-    if isinstance(node, Mapping):
-        target = node.get("_target_")
-        if isinstance(target, str):
-            yield target
-        for value in node.values():
-            yield from _targets(value)
-    elif isinstance(node, (list, tuple)):
-        for value in node:
-            yield from _targets(value)
+            path.unlink()
+        except OSError:
+            pass
 
 
 def run_cached(planned: Any, artifact: Any, ctx: Any, run: Any) -> tuple[Any, str | None]:
@@ -258,14 +280,15 @@ def run_cached(planned: Any, artifact: Any, ctx: Any, run: Any) -> tuple[Any, st
                                      settings=dict(ctx.settings)), key
     else:
         found = cache.read(name, key)
-        if found is not None:
-            tensors, meta = found
-            _replay(ctx, meta.get("warnings", []))
+        restored = _restore(planned.stage, artifact, cache, name, key, found) if found is not None else None
+        if restored is not None:
+            _replay(ctx, found[1].get("warnings", []))
             cache.outcomes[name] = HIT
-            return planned.stage.cache_restore(artifact, tensors, meta), key
+            return restored, key
     cache.outcomes.setdefault(name, MISS)
     if name in cache.discarded:
         ctx.warn(f"cache.{name}", cache.discarded[name])
+    _tell_problem(ctx, cache)
     warnings: list[tuple[str, str]] = []
 
     def recording(key_: str, message: str) -> None:
@@ -278,7 +301,31 @@ def run_cached(planned: Any, artifact: Any, ctx: Any, run: Any) -> tuple[Any, st
     else:
         tensors, meta = planned.stage.cache_save(result)
         cache.write(name, key, tensors, {**meta, "warnings": warnings})
+        _tell_problem(ctx, cache)
     return result, key
+
+
+def _restore(stage: Any, artifact: Any, cache: StageCache, name: str, key: str,
+             found: tuple[dict[str, Any], dict[str, Any]]) -> Any | None:
+    """The stage's result from a sealed entry, once the stage's own check of the hit (if it
+    has one) passed; None, with the entry rejected, when the check or the restore fails."""
+    tensors, meta = found
+    check = getattr(stage, "cache_check", None)
+    try:
+        why = check(artifact, tensors, meta) if check is not None else None
+        if why is None:
+            return stage.cache_restore(artifact, tensors, meta)
+    except Exception as error:   # an entry the stage cannot read back is not trusted either
+        why = f"{type(error).__name__}: {first_line(error)}"
+    cache.reject(name, cache.entry(name, key), f"does not match this run ({why})")
+    return None
+
+
+def _tell_problem(ctx: Any, cache: StageCache) -> None:
+    """Warn that the cache dir cannot be used, once per run."""
+    problem = cache.untold_problem()
+    if problem is not None:
+        ctx.warn("cache", problem)
 
 
 def _replay(ctx: Any, warnings: Any) -> None:

@@ -1,6 +1,7 @@
 """validate: run the unoptimized model on every eval batch, check it, record the baseline."""
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,29 +68,44 @@ class ValidateStage:
                     fidelity.check_metric_inputs(artifact.task_metric, task, batch.target, index)
                 outputs.append(fidelity.detach_leaves(leaves))
                 task_outputs.append(task.detach().float().cpu().clone())
-        metric = _task_metric(artifact, task_outputs)
-        baseline = Baseline(artifact.model, tuple(outputs), tuple(task_outputs), artifact.task_metric, metric)
-        metrics = {"validate.output_leaves": float(len(outputs[0]))}
-        if metric is not None:
-            metrics[f"validate.{artifact.task_metric}"] = metric
-        return artifact.evolve(baseline=baseline).with_metrics(metrics)
+        return _with_baseline(artifact, tuple(outputs), tuple(task_outputs))
 
     def cache_save(self, artifact: Artifact) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """The baseline reference as tensors (outputs per eval batch, task outputs) and meta."""
+        """The baseline reference as tensors (outputs per eval batch, task outputs) and the
+        output paths; the metrics are recomputed from them on restore, never stored."""
         baseline = artifact.baseline
         tensors = {f"out.{i}.{j}": t for i, leaves in enumerate(baseline.outputs) for j, (_, t) in enumerate(leaves)}
         tensors.update({f"task.{i}": t for i, t in enumerate(baseline.task_output)})
-        metrics = {k: v for k, v in artifact.metrics.items() if k.startswith("validate.")}
-        return tensors, {"leaves": [[path for path, _ in leaves] for leaves in baseline.outputs],
-                         "metric_name": baseline.metric_name, "metric": baseline.metric, "metrics": metrics}
+        return tensors, {"leaves": [[path for path, _ in leaves] for leaves in baseline.outputs]}
+
+    def cache_check(self, artifact: Artifact, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> str | None:
+        """Why a cached baseline is not this model's: eval batch 0 and one other chosen at
+        random are run again and compared with the entry (paths, shapes, values within the
+        output dtype's rounding); None when they match."""
+        batches, paths = artifact.batches, meta["leaves"]
+        if len(paths) != len(batches):
+            return f"it holds outputs of {len(paths)} eval batches; this run has {len(batches)}"
+        picks = [0] + ([random.SystemRandom().randrange(1, len(batches))] if len(batches) > 1 else [])
+        with torch.inference_mode():
+            for index in picks:
+                result = call(artifact.model, batches[index].inputs)
+                leaves = flatten_outputs(result)
+                if [path for path, _ in leaves] != paths[index]:
+                    return (f"eval batch {index} gives outputs {[path for path, _ in leaves]}; "
+                            f"the entry holds {paths[index]}")
+                pairs = [(path, fresh, tensors[f"out.{index}.{j}"]) for j, (path, fresh) in enumerate(leaves)]
+                pairs.append(("the task output", _task_output(result, artifact.output_key), tensors[f"task.{index}"]))
+                for path, fresh, cached in pairs:
+                    why = _differs(fresh, cached, _tolerance(fresh.dtype, artifact))
+                    if why is not None:
+                        return f"eval batch {index}: {path} {why}"
+        return None
 
     def cache_restore(self, artifact: Artifact, tensors: dict[str, torch.Tensor],
                       meta: dict[str, Any]) -> Artifact:
         outputs = tuple(tuple((path, tensors[f"out.{i}.{j}"]) for j, path in enumerate(paths))
                         for i, paths in enumerate(meta["leaves"]))
-        task = tuple(tensors[f"task.{i}"] for i in range(len(outputs)))
-        baseline = Baseline(artifact.model, outputs, task, meta["metric_name"], meta["metric"])
-        return artifact.evolve(baseline=baseline).with_metrics(meta["metrics"])
+        return _with_baseline(artifact, outputs, tuple(tensors[f"task.{i}"] for i in range(len(outputs))))
 
     def _check_shape(self, task: torch.Tensor, leaves: list[tuple[str, torch.Tensor]], batch_size: int,
                      index: int) -> None:
@@ -140,8 +156,46 @@ def _task_output(result: object, key: str | None) -> torch.Tensor:
         raise InputError(f"{error.args[0]} (set model.output_key)") from None
 
 
-def _task_metric(artifact: Artifact, task_outputs: list[torch.Tensor]) -> float | None:
+def _with_baseline(artifact: Artifact, outputs: tuple[tuple[tuple[str, torch.Tensor], ...], ...],
+                   task_outputs: tuple[torch.Tensor, ...]) -> Artifact:
+    """`artifact` with its baseline and validate's metrics, computed from the outputs (run or
+    read back from the cache: a cached entry's numbers are never taken on trust)."""
+    metric = _task_metric(artifact, task_outputs)
+    baseline = Baseline(artifact.model, outputs, task_outputs, artifact.task_metric, metric)
+    metrics = {"validate.output_leaves": float(len(outputs[0]))}
+    if metric is not None:
+        metrics[f"validate.{artifact.task_metric}"] = metric
+    return artifact.evolve(baseline=baseline).with_metrics(metrics)
+
+
+def _task_metric(artifact: Artifact, task_outputs: tuple[torch.Tensor, ...]) -> float | None:
     """The metric on every batch; each batch's inputs already passed the metric's check."""
     if artifact.task_metric is None:
         return None
-    return fidelity.metric(artifact.task_metric).fn(task_outputs, [b.target for b in artifact.batches])
+    return fidelity.metric(artifact.task_metric).fn(list(task_outputs), [b.target for b in artifact.batches])
+
+
+def _tolerance(dtype: torch.dtype, artifact: Artifact) -> float:
+    """How far a rerun of the same model may drift: thread counts and kernel choices change
+    float sums in the last bits of the output's precision (TF32 for float32 matmuls on CUDA
+    unless matmul_precision is highest); a changed weight moves outputs grossly."""
+    if not dtype.is_floating_point:
+        return 0.0
+    eps = torch.finfo(dtype).eps
+    if dtype == torch.float32 and artifact.device.startswith("cuda") and \
+            artifact.settings.get("matmul_precision", "highest") != "highest":
+        eps = 2.0 ** -10
+    return max(1e-4, 8 * eps)
+
+
+def _differs(fresh: torch.Tensor, cached: torch.Tensor, rtol: float) -> str | None:
+    """Why a rerun's output does not match the cached one (shape, or values beyond rtol, with
+    an absolute slack of rtol/10 of the output's largest value); None when it matches."""
+    fresh = fresh.detach().float().cpu()
+    if fresh.shape != cached.shape:
+        return f"has shape {tuple(fresh.shape)}; the entry holds {tuple(cached.shape)}"
+    scale = float(cached.abs().nan_to_num(0.0, 0.0, 0.0).max()) if cached.numel() else 0.0
+    if torch.allclose(fresh, cached, rtol=rtol, atol=rtol / 10 * scale, equal_nan=True):
+        return None
+    diff = float((fresh - cached).abs().nan_to_num(float("inf")).max())
+    return f"differs from the entry by up to {diff:.3g} (tolerance {rtol:.2g} relative)"

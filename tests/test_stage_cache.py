@@ -1,9 +1,15 @@
-"""The stage cache without ptflow runs: keys, entries, corruption, parallel writers, and the
-engine's use of it on hand-made stages."""
+"""The stage cache without ptflow runs: keys (file contents, followed imports), entries,
+corruption, forged entries caught by the hit check, unusable dirs, dead writers' temp dirs,
+parallel writers, and the engine's use of it on hand-made stages and on validate."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,33 +49,77 @@ class Ctx:
     warn: object = None
 
 
-def _key(cache, config, upstream=None, seed=0, device="cpu", cls=DiskStage):
-    return cache.key(upstream, "s", cls, config, seed, device)
+def _key(config, upstream=None, seed=0, device="cpu", cls=DiskStage):
+    """The key a new run computes (each run hashes its files afresh)."""
+    return StageCache(Path("unused")).key(upstream, "s", cls, config, seed, device)
+
+
+def _same_size_and_mtime(path, data):
+    """Rewrite `path` with `data` (same length) and put its mtime back: only the content differs."""
+    before = path.stat()
+    assert len(data) == before.st_size
+    path.write_bytes(data)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
 def test_the_key_follows_config_upstream_seed_device_and_file_contents(tmp_path):
-    cache = StageCache(tmp_path)
     weights = tmp_path / "w.bin"
     weights.write_bytes(b"one")
-    base = _key(cache, {"weights": str(weights)})
-    assert base == _key(cache, {"weights": str(weights)})
-    assert base != _key(cache, {"weights": str(weights), "strict": False})
-    assert base != _key(cache, {"weights": str(weights)}, upstream="abc")
-    assert base != _key(cache, {"weights": str(weights)}, seed=1)
-    assert base != _key(cache, {"weights": str(weights)}, device="cuda:0")
-    weights.write_bytes(b"two")   # same path, new contents: a new key
-    assert base != _key(cache, {"weights": str(weights)})
+    base = _key({"weights": str(weights)})
+    assert base == _key({"weights": str(weights)})
+    assert base != _key({"weights": str(weights), "strict": False})
+    assert base != _key({"weights": str(weights)}, upstream="abc")
+    assert base != _key({"weights": str(weights)}, seed=1)
+    assert base != _key({"weights": str(weights)}, device="cuda:0")
+    _same_size_and_mtime(weights, b"two")   # same path, size and mtime, new contents: a new key
+    assert base != _key({"weights": str(weights)})
+
+
+def test_one_run_hashes_each_file_once(tmp_path, monkeypatch):
+    from ptflow import cache_key
+
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(b"one")
+    hashed = []
+    real = cache_key.sha256_file
+    monkeypatch.setattr(cache_key, "sha256_file", lambda p: hashed.append(Path(p)) or real(p))
+    cache = StageCache(tmp_path / "c")
+    for seed in range(3):   # three stages of one run naming the same file
+        cache.key(None, "s", DiskStage, {"weights": str(weights)}, seed, "cpu")
+    assert hashed.count(weights) == 1
 
 
 def test_the_key_follows_the_code_of_a_builder_the_config_names(tmp_path, monkeypatch):
     module = tmp_path / "my_builder_mod.py"
     module.write_text("def build():\n    return 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    cache = StageCache(tmp_path / "c")
     config = {"builder": {"_target_": "my_builder_mod.build"}}
-    before = _key(cache, config)
+    before = _key(config)
     module.write_text("def build():\n    return 2\n")   # the user edits the model's code
-    assert before != _key(cache, config)
+    assert before != _key(config)
+
+
+def test_the_key_follows_the_project_modules_a_builder_imports(tmp_path, monkeypatch):
+    """mymodels imports layers (and, inside a function, a package's submodule by a relative
+    import); editing either is a new key, editing a file nobody imports is not."""
+    (tmp_path / "mymodels.py").write_text("import torch\nfrom layers import Block\n\n"
+                                          "def build():\n    from parts.heads import head\n    return Block()\n")
+    (tmp_path / "layers.py").write_text("X = 1\n")
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "__init__.py").write_text("")
+    (tmp_path / "parts" / "heads.py").write_text("from .norms import N\nhead = 1\n")
+    (tmp_path / "parts" / "norms.py").write_text("N = 1\n")
+    (tmp_path / "unrelated.py").write_text("Y = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = {"builder": {"_target_": "mymodels.build"}}
+    before = _key(config)
+    (tmp_path / "unrelated.py").write_text("Y = 2\n")
+    assert _key(config) == before
+    (tmp_path / "layers.py").write_text("X = 2\n")
+    after_layers = _key(config)
+    assert after_layers != before
+    (tmp_path / "parts" / "norms.py").write_text("N = 2\n")   # two imports away, relative
+    assert _key(config) != after_layers
 
 
 def test_the_key_follows_a_model_directory_and_a_class_method_builder(tmp_path, monkeypatch):
@@ -78,14 +128,16 @@ def test_the_key_follows_a_model_directory_and_a_class_method_builder(tmp_path, 
     (folder / "config.json").write_text("{}")
     (tmp_path / "my_hf_mod.py").write_text("class Model:\n    @classmethod\n    def load(cls):\n        return 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    cache = StageCache(tmp_path / "c")
     config = {"builder": {"_target_": "my_hf_mod.Model.load", "path": str(folder)}}
-    before = _key(cache, config)
+    before = _key(config)
     (folder / "model.safetensors").write_bytes(b"weights")   # a file added to the model dir
-    after_dir = _key(cache, config)
+    after_dir = _key(config)
     assert before != after_dir
+    _same_size_and_mtime(folder / "model.safetensors", b"WEIGHTS")   # weights changed in place
+    after_weights = _key(config)
+    assert after_weights != after_dir
     (tmp_path / "my_hf_mod.py").write_text("class Model:\n    @classmethod\n    def load(cls):\n        return 2\n")
-    assert after_dir != _key(cache, config)   # the class's module edited
+    assert after_weights != _key(config)   # the class's module edited
 
 
 def test_an_entry_round_trips_and_a_corrupt_one_is_moved_aside(tmp_path):
@@ -177,3 +229,179 @@ def test_no_cache_or_an_unkeyed_upstream_runs_the_stage(tmp_path):
     result, key = run_cached(planned, upstream, Ctx(cache=StageCache(tmp_path)), lambda c: "ran")
     assert (result, key) == ("ran", None)   # after an uncached stage nothing downstream is keyed
 
+
+
+# -- never trusted: seals, the hit check, unusable dirs, dead writers ---------------------------
+
+def _validate(tmp_path, warned, model=None):
+    """One run's validate stage through the cache, on a tiny classifier and two eval batches."""
+    from ptflow.artifact import Artifact, Form, StageRecord
+    from ptflow.spec import Batch, ModelInputs
+    from ptflow.stage import RunContext
+    from stages.validate import ValidateConfig, ValidateStage
+
+    if model is None:
+        model = torch.nn.Linear(4, 3)
+        with torch.no_grad():
+            model.weight.copy_(torch.arange(12.0).reshape(3, 4).sin())
+            model.bias.zero_()
+    gen = torch.Generator().manual_seed(0)
+    batches = tuple(Batch(ModelInputs(args=(torch.randn(8, 4, generator=gen),)),
+                          torch.randint(0, 3, (8,), generator=gen)) for _ in range(2))
+    loaded = Artifact(model=model, form=Form.EAGER, module=model, inputs=None, batches=batches, device="cpu",
+                      dtype="float32", task_metric="top1_accuracy",
+                      lineage=(StageRecord("load", {}, 0.1, None, Form.EAGER, "load-key"),))
+    ctx = RunContext(tmp_path / "run", "cpu", 0, "hash", {}, lambda items, **_: items,
+                     lambda k, m: warned.append((k, m)), StageCache(tmp_path / "cache"))
+    stage = ValidateStage(ValidateConfig())
+    result, _ = run_cached(Planned("validate", stage, ValidateConfig()), loaded, ctx, lambda c: stage.run(loaded, c))
+    return result, ctx.cache.outcomes["validate"]
+
+
+def _entry(tmp_path):
+    (entry,) = (tmp_path / "cache" / "validate").iterdir()
+    return entry
+
+
+def _forge(entry, change_meta=None, change_tensors=None):
+    """Edit an entry the way a careful forger would: every sha256 recomputed."""
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    meta = json.loads((entry / "meta.json").read_text())
+    if change_tensors is not None:
+        tensors = load_file(str(entry / "tensors.safetensors"))
+        change_tensors(tensors)
+        save_file(tensors, str(entry / "tensors.safetensors"))
+        meta["tensors_sha256"] = hashlib.sha256((entry / "tensors.safetensors").read_bytes()).hexdigest()
+    if change_meta is not None:
+        change_meta(meta)
+    meta.pop("sha256")
+    (entry / "meta.json").write_text(json.dumps(stage_cache._seal(meta)))
+
+
+def test_an_edited_meta_json_is_rebuilt_and_no_number_is_read_from_it(tmp_path):
+    warned = []
+    first, outcome = _validate(tmp_path, warned)
+    accuracy = first.metrics["validate.top1_accuracy"]
+    assert outcome == "miss" and first.metrics["validate.output_leaves"] == 1.0
+    meta_file = _entry(tmp_path) / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta["metrics"] = {"validate.top1_accuracy": accuracy + 0.4}   # one edited number, hash left alone
+    meta_file.write_text(json.dumps(meta))
+    again, outcome = _validate(tmp_path, warned)
+    assert outcome == "rebuilt" and again.metrics["validate.top1_accuracy"] == accuracy
+    (key, message), = warned
+    assert key == "cache.validate" and "meta.json does not match its own sha256" in message
+    # a forger who reseals meta.json: a hit, but the metric is computed from the cached outputs
+    _forge(_entry(tmp_path), change_meta=lambda m: m.update(metric=0.99, metrics={"validate.top1_accuracy": 0.99}))
+    hit, outcome = _validate(tmp_path, warned)
+    assert outcome == "hit" and hit.metrics["validate.top1_accuracy"] == accuracy
+    assert hit.metrics["validate.output_leaves"] == 1.0 and hit.baseline.metric == accuracy
+
+
+def test_a_resealed_entry_with_other_outputs_is_caught_by_the_hit_check(tmp_path):
+    warned = []
+    first, _ = _validate(tmp_path, warned)
+
+    def shifted(tensors):   # batch 1 (with two batches, always the second one checked)
+        tensors["out.1.0"] += 1.0
+        tensors["task.1"] += 1.0
+
+    _forge(_entry(tmp_path), change_tensors=shifted)
+    again, outcome = _validate(tmp_path, warned)
+    assert outcome == "rebuilt"
+    (key, message), = warned
+    assert key == "cache.validate" and str(tmp_path / "cache" / "validate") in message
+    assert "eval batch 1: output differs from the entry by up to 1" in message
+    assert torch.equal(again.baseline.outputs[1][0][1], first.baseline.outputs[1][0][1])
+    # last-bit noise (another thread count) is within the tolerance: still a hit
+    _forge(_entry(tmp_path), change_tensors=lambda t: t["out.0.0"].mul_(1 + 1e-6))
+    assert _validate(tmp_path, warned)[1] == "hit"
+    # the same key with other weights (a stale key): caught on batch 0
+    other = torch.nn.Linear(4, 3)
+    assert _validate(tmp_path, warned, model=other)[1] == "rebuilt"
+    assert "eval batch 0: output differs" in warned[-1][1]
+
+
+def _deny(monkeypatch, root, *methods):
+    """Make `root` refuse what `methods` do (chmod alone does not stop root, which tests may run as)."""
+    for owner, name in methods:
+        real = getattr(owner, name)
+
+        def refusing(path, *args, _real=real, **kwargs):
+            if str(path).startswith(str(root)):
+                raise PermissionError(13, "Permission denied", str(path))
+            return _real(path, *args, **kwargs)
+
+        monkeypatch.setattr(owner, name, refusing)
+
+
+def test_a_cache_dir_that_cannot_be_written_costs_one_warning_not_the_run(tmp_path, monkeypatch):
+    root = tmp_path / "cache"
+    root.mkdir()
+    root.chmod(0o555)
+    try:
+        if os.access(root, os.W_OK):   # root ignores the mode: refuse the writes by hand
+            _deny(monkeypatch, root, (os, "mkdir"))
+        warned = []
+        ctx = Ctx(cache=StageCache(root), warn=lambda k, m: warned.append((k, m)))
+        for name in ("s", "t"):
+            result, key = run_cached(Planned(name, DiskStage(), {}), None, ctx,
+                                     lambda c: {"x": torch.ones(1), "note": "n"})
+            assert key is not None and result["note"] == "n"
+        (key, message), = warned
+        assert key == "cache" and str(root) in message and "cache=off" in message
+        assert "PermissionError" in message and ctx.cache.outcomes == {"s": "miss", "t": "miss"}
+    finally:
+        root.chmod(0o755)
+
+
+def test_a_cache_entry_that_cannot_be_read_is_a_miss_with_a_warning(tmp_path, monkeypatch):
+    import pathlib
+
+    planned, make = Planned("s", DiskStage(), {}), lambda c: {"x": torch.ones(1), "note": "n"}
+    run_cached(planned, None, Ctx(cache=StageCache(tmp_path)), make)
+    _deny(monkeypatch, tmp_path, (pathlib.Path, "read_bytes"))
+    warned = []
+    ctx = Ctx(cache=StageCache(tmp_path), warn=lambda k, m: warned.append((k, m)))
+    result, _ = run_cached(planned, None, ctx, make)
+    assert result["note"] == "n" and ctx.cache.outcomes == {"s": "miss"}
+    (key, message), = warned
+    assert key == "cache" and "cache=off" in message
+    assert (tmp_path / "s").is_dir() and len(list((tmp_path / "s").iterdir())) == 1   # left as it was
+
+
+def test_an_entry_path_taken_by_a_file_is_rebuilt(tmp_path):
+    planned, make = Planned("s", DiskStage(), {}), lambda c: {"x": torch.ones(1), "note": "n"}
+    _, key = run_cached(planned, None, Ctx(cache=StageCache(tmp_path)), make)
+    entry = tmp_path / "s" / key
+    shutil.rmtree(entry)
+    entry.write_text("not an entry")
+    warned = []
+    ctx = Ctx(cache=StageCache(tmp_path), warn=lambda k, m: warned.append((k, m)))
+    run_cached(planned, None, ctx, make)
+    assert ctx.cache.outcomes == {"s": "rebuilt"} and entry.is_dir()
+    (key, message), = warned
+    assert key == "cache.s" and "a file, not an entry dir" in message
+    assert run_cached(planned, None, Ctx(cache=StageCache(tmp_path)), make)[0]["restored"]
+
+
+def test_the_temp_dirs_of_dead_writers_are_removed(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stage = tmp_path / "s"
+    old, host = 1_000_000_000, stage_cache.HOST
+    names = {"dead_old": f".0123456789abcdef-{dead.pid}-{host}-abcd1234",
+             "dead_new": f".0123456789abcdef-{dead.pid}-{host}-efgh5678",
+             "alive_old": f".0123456789abcdef-{os.getpid()}-{host}-ijkl9012",
+             "unknown_old": ".0123456789abcdef-mnop3456",   # a ptflow from before pids were in the name
+             "entry": "fedcba9876543210"}
+    for label, name in names.items():
+        (stage / name).mkdir(parents=True)
+        if label.endswith("old"):
+            os.utime(stage / name, (old, old))
+    StageCache(tmp_path).read("s", "0123456789abcdef")
+    left = {label for label, name in names.items() if (stage / name).exists()}
+    assert left == {"dead_new", "alive_old", "entry"}
