@@ -38,7 +38,7 @@ from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 TRUSTED_PACKAGES = ("torch", "torchao")   # imported when a pickle names them: they register safe classes
-LOAD_CHECK_BYTES = 16 << 20   # pickled entries up to this size are also loaded weights-only as a check
+LOAD_CHECK_BYTES = 1 << 20   # pickled entries up to this size (sample inputs) are also loaded weights-only
 TEXT_RECORD = re.compile(r"[A-Za-z0-9._-]{1,64}\n?")
 TEXT_RECORD_NAMES = frozenset({"version", "archive_format", "archive_version", "byteorder", "serialization_id",
                                ".format_version", ".storage_alignment"})
