@@ -26,7 +26,9 @@ WHY_BYTES_VARY = {"aoti": "aoti builds are not byte-stable",
                   "torchscript": "its bytes record the trace's call stack: ptflow's paths and line numbers"}
 LATENCY_KEYS = ("benchmark/candidate.p50_ms", "benchmark/speedup_p50")   # shown for information only
 SHA_SHOWN = 12
-NATIVE_CODE = frozenset({"aoti"})   # formats whose loading runs a compiled library: never loaded from a store
+# formats whose file may be loaded from a tracking store: loading them runs no Python or native code
+# (TorchScript's own unpickler; aoti holds a compiled library, a plugin's format is unknown)
+LOADABLE_FROM_STORE = frozenset({"torchscript"})
 
 
 class Outcome(str, enum.Enum):
@@ -322,8 +324,8 @@ def example_inputs(manifest: Mapping[str, Any] | None, export_dir: Path) -> Any:
 def source_file(client: Any, source: Any, config: Mapping[str, Any], entry: Mapping[str, Any],
                 into: Path) -> Path | str:
     """The source run's copy of a manifest entry's file, checked against the sha256 its manifest
-    records: from its run dir (or export.dir) if still there, else its MLflow artifacts (never
-    for a compiled library, see NATIVE_CODE); or why not."""
+    records: from its run dir (or export.dir) if still there, else its MLflow artifacts (only
+    for LOADABLE_FROM_STORE formats); or why not."""
     name, fmt, expected = entry["file"], entry["format"], entry.get("sha256")
     run_dir = source.data.tags.get("ptflow.run_dir")
     export_dir = (config.get("export") or {}).get("dir")
@@ -332,10 +334,12 @@ def source_file(client: Any, source: Any, config: Mapping[str, Any], entry: Mapp
     for path in local:
         if path.is_file() and sha256_file(path) == expected:
             return path
-    if fmt in NATIVE_CODE:
+    if fmt not in LOADABLE_FROM_STORE:
+        why = ("it holds a compiled library (native code)" if fmt == "aoti"
+               else "ptflow cannot tell that loading it runs no code")
         return (f"the source's {name} is not in its run dir on this machine ({run_dir or 'unknown'}), and ptflow does not "
-                f"load an {fmt} file from the tracking store: it holds a compiled library (native code) that anyone who "
-                "can write to the store could have replaced; reproduce on the machine that holds the source's run dir")
+                f"load a {fmt} file from the tracking store: {why}, and anyone who can write to the store could have "
+                "replaced it; reproduce on the machine that holds the source's run dir")
     artifact = f"files/export.{fmt}/{name}"
     try:
         downloaded = Path(client.download_artifacts(source.info.run_id, artifact, str(into)))
