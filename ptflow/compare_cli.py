@@ -17,6 +17,7 @@ parent, or no runs selected.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import sys
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 PROG = "ptflow-compare"
+MIN_PREFIX = 6            # as ptflow-reproduce: the shortest run id prefix taken
+PREFIX_SEARCH = 1000      # the latest runs searched for a prefix (parent runs: all of them)
 
 
 class Refused(Exception):
@@ -37,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--sweep", help="a sweep id (tag ptflow.sweep_id) or a unique prefix of one")
-    which.add_argument("--parent", help="a sweep's parent run id: compare its child runs")
+    which.add_argument("--parent", help="a sweep's parent run id, or a unique prefix of one (6+ characters): "
+                                         "compare its child runs")
     which.add_argument("--all", action="store_true", help="every run of the experiment (parent runs excluded)")
     parser.add_argument("--filter", help="an MLflow search filter, ANDed with the above, e.g. \"tags.quantize != 'none'\"")
     parser.add_argument("--experiment", default=os.environ.get("MLFLOW_EXPERIMENT_NAME") or "ptflow",
@@ -71,6 +75,43 @@ def store(tracking_uri: str | None, outputs_dir: Path) -> str:
                       "or pass --tracking-uri URI / --outputs-dir DIR") from None
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # a bar per overrides.txt otherwise
     return uri
+
+
+def parent_run_id(client: Any, given: str) -> str:
+    """The full id of the sweep parent run that `given` names: its id or a unique prefix of it
+    (as git takes one). A job's run id is refused, naming its sweep and its parent run; what
+    matches nothing is left for the selection to report, with the sweeps that exist."""
+    from ptflow.compare_select import PARENT_ID_TAG, PARENT_TAG, SAFE_ID, SWEEP_TAG, is_parent
+
+    experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    newest = ["attributes.start_time DESC"]
+    parents = client.search_runs(experiment_ids, f"tags.{PARENT_TAG} = 'true'", max_results=PREFIX_SEARCH,
+                                 order_by=newest)
+    latest = client.search_runs(experiment_ids, max_results=PREFIX_SEARCH, order_by=newest)
+    runs = {r.info.run_id: r for r in [*parents, *latest]}
+    matches = [r for i, r in runs.items() if i == given] or \
+        ([r for i, r in runs.items() if i.startswith(given)] if len(given) >= MIN_PREFIX else [])
+    if not matches and SAFE_ID.match(given):   # an older run, past the latest searched
+        with contextlib.suppress(Exception):
+            matches = [client.get_run(given)]
+    if not matches:
+        return given
+    if len(matches) > 1:
+        listed = "".join(f"\n  {r.info.run_id}  {r.info.run_name}" for r in matches[:10])
+        raise Refused(f"--parent {given!r} begins {len(matches)} run ids; give more of it:{listed}")
+    run = matches[0]
+    if is_parent(run):
+        return run.info.run_id
+    tags = run.data.tags
+    name = f"run {run.info.run_id} '{run.info.run_name}'"
+    if tags.get(PARENT_ID_TAG):
+        raise Refused(f"--parent {given!r}: {name} is a job of sweep {tags.get(SWEEP_TAG, '?')[:8]}, not a sweep's "
+                      f"parent run; its parent run is {tags[PARENT_ID_TAG]}: --parent {tags[PARENT_ID_TAG][:8]}")
+    if tags.get(SWEEP_TAG):
+        raise Refused(f"--parent {given!r}: {name} is a job of sweep {tags[SWEEP_TAG][:8]}, which has no parent "
+                      f"run (it predates them): --sweep {tags[SWEEP_TAG][:8]}")
+    raise Refused(f"--parent {given!r}: {name} is a single run, not a sweep's parent run; compare it with "
+                  "others with --all (narrowed with --filter)")
 
 
 def recipe_lines(client: Any, row: Any) -> list[str]:
@@ -152,8 +193,9 @@ def compare(args: argparse.Namespace) -> int:
         raise Refused("--register NAME registers the run that --max-accuracy-drop picks: give both, e.g. "
                       "--max-accuracy-drop 0.01 --register digits-clf")
     client = MlflowClient(tracking_uri=store(args.tracking_uri, args.outputs_dir))
+    parent = parent_run_id(client, args.parent) if args.parent else None
     try:
-        description, runs = cmp.select_runs(client, args.experiment, sweep=args.sweep, parent=args.parent,
+        description, runs = cmp.select_runs(client, args.experiment, sweep=args.sweep, parent=parent,
                                             filter_string=args.filter, all_runs=args.all)
     except cmp.SelectionError as error:
         raise Refused(str(error)) from None
@@ -182,9 +224,11 @@ def compare(args: argparse.Namespace) -> int:
 
 def register(tracking_uri: str, row: Any, name: str) -> str:
     """Register the picked run's logged model (the exact bytes its export wrote) as a new
-    version of `name`, tagged with the run and its figures; Refused when it logged none."""
+    version of `name`, tagged with the run and its figures; Refused when it logged none, or
+    when the store's model is not the run's export (``ptflow.logged_model_check``)."""
     import mlflow
 
+    from ptflow.logged_model_check import Untrusted, check_logged_model
     from ptflow.mlflow_models import global_tracking_uri
     from ptflow.tracker import mlflow_quiet
 
@@ -195,6 +239,12 @@ def register(tracking_uri: str, row: Any, name: str) -> str:
                       "export pt2 or onnx with tracking.log_models=true, or register by hand")
     tags = {"ptflow.run_id": row.run_id, "ptflow.recipe": row.name, "ptflow.speedup_p50": f"{row.speedup:.4g}",
             "ptflow.accuracy_drop": f"{row.drop:.6g}"}
+    try:   # the store's model must be the file the run exported: anyone with write access could swap it
+        check_logged_model(mlflow.MlflowClient(tracking_uri), row.run_id, models[fmt], fmt)
+    except Untrusted as error:
+        raise Refused(f"not registering {models[fmt]} ({fmt}) of run {row.run_id}: {error}. The store's copy is not "
+                      "the file this run exported; re-run the recipe (ptflow-reproduce "
+                      f"{row.run_id}) and register the new run") from None
     with global_tracking_uri(tracking_uri), mlflow_quiet():   # MLflow's own "Successfully registered" lines
         version = mlflow.register_model(models[fmt], name, tags=tags, await_registration_for=0)
     return f"registered: {models[fmt]} ({fmt}) as models:/{name}/{version.version}"

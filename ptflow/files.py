@@ -5,6 +5,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -16,6 +19,10 @@ from ptflow import lifecycle
 NO_SPACE = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
             errno.EFBIG: "file size limit exceeded"}
 _ADVICE = {errno.EFBIG: "raise the file size limit (ulimit -f), or write smaller files"}
+# How libraries that do their own I/O (sqlite, safetensors' Rust writer) say the same.
+DISK_FULL_TEXTS = ("No space left on device", "database or disk is full", "Disk quota exceeded", "os error 28")
+MIN_FREE_MB = 4.0   # free space a run needs where it records itself: its record, the reserve, mlflow.db's journal
+PARTIAL_NAME = re.compile(r"^\..+\.partial-(?P<pid>\d+)(\.[^/]*)?$")   # .model.pt2.partial-12, .model.partial-12.pt2
 CLAIM_FILE = ".ptflow-claim"
 MAX_CLAIM_TRIES = 10_000
 _PARTIAL: set[Path] = set()   # files being written now: removed even if the process must exit at once
@@ -98,7 +105,80 @@ def no_space(error: BaseException | None) -> OSError | None:
     return None
 
 
-def describe_no_space(error: OSError, fallback: Path | None = None) -> str:
+def describe_disk_full(error: BaseException, where: Path | str) -> str | None:
+    """One line for `error` if it means the disk is full — an OSError behind it, or a library's
+    own writer saying so (sqlite's "database or disk is full", safetensors' "No space left on
+    device (os error 28)") — naming the file, else `where`; None for any other error."""
+    full = no_space(error)
+    if full is not None:
+        return describe_no_space(full, where)
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        said = next((line.strip() for line in str(error).splitlines()
+                     if any(text in line for text in DISK_FULL_TEXTS)), None)
+        if said:
+            return (f"no space left on device writing {where} ({said}): free space there, or point outputs_dir "
+                    "(and export.dir) at a disk with room")
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def room_problem(places: Iterable[Path], need_mb: float = MIN_FREE_MB) -> str | None:
+    """Why a run cannot record itself at `places` (too little free space on one of their file
+    systems), or None. Each file system is looked at once; a place that does not exist yet is
+    judged by its nearest existing parent."""
+    seen: set[int] = set()
+    for place in places:
+        existing = _nearest_existing(Path(place))
+        try:
+            device = existing.stat().st_dev if existing else None
+            free_mb = shutil.disk_usage(existing).free / 1e6 if existing else None
+        except OSError:
+            continue
+        if device is None or device in seen:
+            continue
+        seen.add(device)
+        if free_mb < need_mb:
+            return (f"no space left on {place}: {free_mb:.2f} MB free, and a run needs {need_mb:g} MB there to "
+                    "record itself (its run record, the MLflow store); free space there, or point outputs_dir "
+                    "at a disk with room")
+    return None
+
+
+def remove_partials(pid: int, run_dir: Path, shared: Iterable[Path] = ()) -> tuple[int, int]:
+    """Remove the hidden partial files (write_atomic's, the export's) that process `pid` left:
+    anywhere under `run_dir` (the run's own), and directly in each of the `shared` folders
+    (an export.dir other runs may use: skipped while some process holds that pid, for it may
+    be writing there now). Returns (files removed, bytes freed)."""
+    found = [p for p in Path(run_dir).rglob("*.partial-*")] if Path(run_dir).is_dir() else []
+    if not _pid_in_use(pid):
+        found += [p for folder in shared if Path(folder).is_dir() for p in Path(folder).glob(".*.partial-*")]
+    count = freed = 0
+    for path in dict.fromkeys(found):
+        match = PARTIAL_NAME.match(path.name)
+        if not match or int(match["pid"]) != pid or path.is_symlink() or not path.is_file():
+            continue
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except OSError:
+            continue
+        count, freed = count + 1, freed + size
+    return count, freed
+
+
+def _pid_in_use(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def describe_no_space(error: OSError, fallback: Path | str | None = None) -> str:
     where = error.filename or fallback or "a file"
     advice = _ADVICE.get(error.errno, "free space there, or point outputs_dir (and export.dir) at a "
                                       "disk with room")
@@ -107,18 +187,32 @@ def describe_no_space(error: OSError, fallback: Path | None = None) -> str:
 
 
 def creatable_dir_problem(path: Path) -> str | None:
-    """Why `path` cannot be (or become) a writable directory, or None. Creates nothing."""
-    probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            return f"no existing parent of {path}"
-        probe = probe.parent
+    """Why `path` cannot be (or become) a writable directory, or None. Leaves nothing behind:
+    after the permission check (which says yes to root everywhere), a directory is made and
+    removed in the nearest existing parent, because only trying tells (/proc, /sys, a
+    read-only mount, a full disk)."""
+    probe = _nearest_existing(path)
+    if probe is None:
+        return f"no existing parent of {path}"
     if not probe.is_dir():
         return f"{probe} is a file, not a directory"
+    read_only = " (read-only file system)" if _read_only_fs(probe) else ""
     if not os.access(probe, os.W_OK | os.X_OK):
-        return f"{probe} is not writable by this user" + (" (read-only file system)"
-                                                            if _read_only_fs(probe) else "")
+        return f"{probe} is not writable by this user{read_only}"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".ptflow-probe-", dir=probe))
+    except OSError as error:
+        return f"{probe} does not take new directories ({error.strerror or error}){read_only}"
     return None
+
+
+def _nearest_existing(path: Path) -> Path | None:
+    probe = Path(path)
+    while not probe.exists():
+        if probe.parent == probe:
+            return None
+        probe = probe.parent
+    return probe
 
 
 def _read_only_fs(path: Path) -> bool:

@@ -4,6 +4,10 @@ The run's record (``ptflow_result.json``, see ``ptflow.record``) is written when
 starts, after every stage and when it ends, whatever the end: FINISHED, FAILED with the
 error, KILLED with the signal. MLflow mirrors it; when the mirror fails, the run goes on
 and exits 3 so nobody mistakes an incomplete MLflow record for a complete one.
+
+A run that could not record itself must not run: it needs ``files.MIN_FREE_MB`` free where
+its record and its MLflow store are written, or it fails at once. Should the disk fill up
+later, the record's state goes into its reserve (``ptflow.record``) and the console says so.
 """
 from __future__ import annotations
 
@@ -18,14 +22,15 @@ from typing import Any
 
 from ptflow import device, engine, lifecycle, naming, objective, summary
 from ptflow.errors import ConfigError, PtflowError, first_line
-from ptflow.files import describe_no_space, no_space, write_atomic
+from ptflow.files import describe_disk_full, room_problem, write_atomic
 from ptflow.naming import JobInfo
-from ptflow.plan import compile_plan
-from ptflow.record import EXIT_TRACKING_INCOMPLETE, RESULT_FILE, RunRecord
+from ptflow.plan import RunSettings, compile_plan
+from ptflow.record import EXIT_TRACKING_INCOMPLETE, RESERVE_FILE, RESULT_FILE, RunRecord
 from ptflow.stage import RunContext
 from ptflow.stage_cache import StageCache
 from ptflow.targets import resolve_path
-from ptflow.tracker import MlflowTracker, relog_command
+from ptflow.tracker import MlflowTracker, quiet_store_logs, relog_command
+from ptflow.tracking import sqlite_path, store_uri
 
 log = logging.getLogger(__name__)
 OUTCOMES: list[RunRecord] = []   # in-process launchers: the CLI reads these for its exit code
@@ -61,6 +66,9 @@ def run(config: dict[str, Any], config_yaml: str, choices: dict[str, str], overr
         record.tags = {**naming.run_tags(plan, job, record), **settings.tags}   # the plan refused clashes
         if settings.reproduces:
             record.tags["ptflow.reproduces"] = settings.reproduces
+        problem = room_problem(_record_places(run_dir, settings))
+        if problem:
+            raise PtflowError(problem)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(run_dir / "config.yaml", config_yaml)
         write_atomic(run_dir / "plan.txt", plan.render() + "\n")
@@ -73,7 +81,12 @@ def run(config: dict[str, Any], config_yaml: str, choices: dict[str, str], overr
         cache = StageCache(resolve_path(settings.outputs_dir) / "cache" / "stages") if settings.cache else None
         ctx = RunContext(run_dir, settings.device.name, settings.seed, config_hash(config),
                          record.settings, engine.progress, warn, cache)
-        record.save()
+        record.reserve()
+        try:
+            record.write()   # a run that cannot be recorded stops here
+        except OSError:
+            record.reserve_path.unlink(missing_ok=True)   # no record for it to complete
+            raise
         if settings.tracking.enabled:
             # relative to where the user ran ptflow, also when hydra.job.chdir=true moved the job
             tracker = MlflowTracker(settings.tracking, resolve_path(settings.outputs_dir), record)
@@ -103,19 +116,28 @@ def run(config: dict[str, Any], config_yaml: str, choices: dict[str, str], overr
                 tracker.end()
             if record.status == "FINISHED" and tracker is not None and not record.tracking.complete:
                 record.exit_code = EXIT_TRACKING_INCOMPLETE
-            record.save()
+            saved = record.save()
+            if not saved and record.status == "FINISHED" and record.exit_code == 0:
+                record.exit_code = EXIT_TRACKING_INCOMPLETE   # finished, but its own record is not complete
+                record.save()
             OUTCOMES.append(record)
-            _report(record, tracker is not None)
+            _report(record, tracker is not None, saved)
     if interrupted is not None:
         raise interrupted
     return record
 
 
+def _record_places(run_dir: Path, settings: RunSettings) -> list[Path]:
+    """Where the run records itself: its run dir, outputs_dir and the sqlite store's folder."""
+    outputs_dir = resolve_path(settings.outputs_dir)
+    db = sqlite_path(store_uri(settings.tracking, outputs_dir)) if settings.tracking.enabled else None
+    return [outputs_dir, run_dir] + ([db.resolve().parent] if db is not None else [])
+
+
 def _failure_text(error: Exception, run_dir: Path) -> str:
-    full = no_space(error)
+    full = describe_disk_full(error, run_dir)
     if full is not None:
-        stage = f"stage '{error.stage}' failed: " if hasattr(error, "stage") else ""
-        return stage + describe_no_space(full, run_dir)
+        return (f"stage '{error.stage}' failed: " if hasattr(error, "stage") else "") + full
     if isinstance(error, PtflowError):
         return str(error)
     return f"unexpected error: {type(error).__name__}: {first_line(error)}"
@@ -130,7 +152,7 @@ def _write_error_file(run_dir: Path, text: str, error: Exception) -> None:
         pass   # a full disk: the message on the console and in the record is what remains
 
 
-def _report(record: RunRecord, tracked: bool) -> None:
+def _report(record: RunRecord, tracked: bool, saved: bool) -> None:
     """What the console says at the end of a run (KILLED runs: the CLI says one line)."""
     run_dir = summary.relative(record.run_dir)
     tracking = record.tracking
@@ -141,12 +163,31 @@ def _report(record: RunRecord, tracked: bool) -> None:
         lines = [f"ptflow: {record.error}"]
         if tracking.run_id and not incomplete:
             lines.append(f"MLflow run {tracking.run_id} ended FAILED (tag ptflow.error, artifact error.txt)")
-        lines.append(f"outputs so far, and the full traceback (error.txt), are in {run_dir}")
+        detail = ", and the full traceback (error.txt)," if (Path(record.run_dir) / "error.txt").is_file() else ""
+        lines.append(f"outputs so far{detail} are in {run_dir}")
         print("\n".join(lines), file=sys.stderr, flush=True)
     if incomplete and record.status in ("FINISHED", "FAILED"):
-        print(f"ptflow: the MLflow record of this run is incomplete ({tracking.error}); the run's own "
-              f"record is complete in {run_dir}. Re-log it: {relog_command(run_dir)}",
-              file=sys.stderr, flush=True)
+        own = f"the run's own record is complete in {run_dir}" if saved else "nor is the run's own record (below)"
+        print(f"ptflow: the MLflow record of this run is incomplete ({tracking.error}); {own}. "
+              f"Re-log it: {relog_command(run_dir)}", file=sys.stderr, flush=True)
+    if not saved:
+        print(_unsaved_text(record, run_dir), file=sys.stderr, flush=True)
+
+
+def _unsaved_text(record: RunRecord, run_dir: str) -> str:
+    """The record still says RUNNING: where its true end is, and what completes the record."""
+    stage = f" in stage '{record.stage}'" if record.stage and record.status != "FINISHED" else ""
+    end = f"{record.status}{stage}, exit code {record.exit_code}"
+    record_file = f"{run_dir}/{RESULT_FILE}"
+    if not record.path.is_file():
+        return f"ptflow: no run record could be written ({record_file}); the run ended {end}"
+    if not record.kept_in_reserve():
+        return (f"ptflow: the run record {record_file} could not be completed and the run's end ({end}) could "
+                "not be kept either: it says RUNNING, and ptflow-runs close-stale will close it as KILLED")
+    outputs = record.config.get("outputs_dir") or "outputs"
+    return (f"ptflow: the run record {record_file} is NOT complete: it still says RUNNING, for lack of space. "
+            f"The run's end ({end}) is kept in {run_dir}/{RESERVE_FILE}; once there is space, "
+            f"ptflow-runs close-stale --outputs-dir {outputs} completes the record from it")
 
 
 def hydra_task(cfg: Any) -> float | None:
@@ -158,6 +199,7 @@ def hydra_task(cfg: Any) -> float | None:
     lifecycle.install()            # a joblib worker gets its own handlers
     logging.raiseExceptions = False   # a full disk must not spray logging tracebacks
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)   # MLflow's retries: we report once
+    quiet_store_logs()
     hydra_cfg = HydraConfig.get()
     _console_verbosity(hydra_cfg.verbose)
     job = JobInfo.from_hydra(hydra_cfg)

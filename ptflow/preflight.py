@@ -204,8 +204,10 @@ def _quoted(path: Path) -> str:
 def prepare_stores(jobs: list[Job]) -> list[tuple[str, str]]:
     """Check each MLflow store and create its schema and experiment, once, here, before any
     job; close runs of this host's vanished processes. Returns [(uri, experiment id)]."""
+    from ptflow.tracker import quiet_store_logs
     from ptflow.tracking import prepare_or_problem, store_uri
 
+    quiet_store_logs()   # a failing store: one line per problem, not MLflow's logged tracebacks
     stores: dict[tuple[str, str], str] = {}
     problems: list[Problem] = []
     seen: set[tuple[str, str]] = set()
@@ -233,14 +235,16 @@ def _close_stale(uri: str, experiment_id: str) -> None:
     """Housekeeping: a failure here is reported and never stops the launch."""
     from mlflow.tracking import MlflowClient
 
-    from ptflow.stale import close_stale_runs
+    from ptflow.stale import Freed, close_stale_runs
 
+    freed = Freed()
     try:
-        closed = close_stale_runs(MlflowClient(tracking_uri=uri), [experiment_id])
+        closed = close_stale_runs(MlflowClient(tracking_uri=uri), [experiment_id], freed)
     except Exception as error:
         print(f"ptflow: could not close earlier runs of vanished processes in {uri}: "
               f"{type(error).__name__}: {first_line(error)}", file=sys.stderr)
         return
     if closed:
         print(f"ptflow: closed {len(closed)} earlier run(s) whose process on this host is gone "
-              f"as KILLED (tag ptflow.kill_reason): {', '.join(closed)}", file=sys.stderr)
+              f"(KILLED with tag ptflow.kill_reason, or as their record says they ended): {', '.join(closed)}"
+              + (f"; {freed}" if freed.files else ""), file=sys.stderr)

@@ -4,9 +4,12 @@
       log finished run dirs into MLflow again (after a tracking outage, or into another
       store): the run's MLflow run is completed if the store still has it, else created.
   ptflow-runs close-stale [--outputs-dir DIR | --tracking-uri URI] [--experiment NAME]
-      end RUNNING runs whose process on this host is gone (SIGKILL, out of memory) as KILLED.
+      end RUNNING runs whose process on this host is gone (SIGKILL, out of memory) as KILLED,
+      or as they ended when a full disk kept their end in the run dir's reserve; remove the
+      partial files those processes left.
 
-Exit codes: 0 done, 1 something could not be done, 2 bad arguments or unreachable store.
+Exit codes: 0 done, 1 something could not be done (a damaged record), 2 bad arguments or
+unreachable store.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from pathlib import Path
 
 from ptflow.lifecycle import ProcessId
 from ptflow.record import RESULT_FILE, RunRecord
-from ptflow.stale import close_record, vanished_reason
+from ptflow.stale import Freed, close_record, vanished_reason
 from ptflow.tracking import (TrackingConfig, check_store, configure_http, prepare_or_problem, sqlite_path,
                              store_uri)
 
@@ -60,16 +63,25 @@ def relog(run_dir: Path, uri: str | None, experiment: str | None) -> int:
     if not (run_dir / RESULT_FILE).is_file():
         print(f"ptflow-runs: {run_dir} holds no {RESULT_FILE}: not a ptflow run dir", file=sys.stderr)
         return 2
-    record = RunRecord.load(run_dir)
+    try:
+        record = RunRecord.load(run_dir)
+    except (OSError, ValueError) as error:
+        print(f"ptflow-runs: cannot re-log {run_dir}: {error}. Fix or restore that file "
+              f"(a record holds a JSON object as ptflow wrote it)", file=sys.stderr)
+        return 1
     if record.status == "RUNNING":
         process = ProcessId.parse(record.process)
         alive = process.is_alive() if process else None
         if alive is not False:
-            state = "is still running" if alive else "says RUNNING, and whether its process lives cannot be told from this host"
+            state = ("is still running" if alive
+                     else "says RUNNING, and whether its process lives cannot be told from this host")
             print(f"ptflow-runs: {run_dir} {state} (process {record.process}); re-log it when it has ended, "
                   "or from the host that ran it", file=sys.stderr)
             return 1
-        close_record(record, vanished_reason(process), None)
+        freed = Freed()
+        close_record(record, vanished_reason(process), None, freed=freed)
+        if freed.files:
+            print(f"ptflow-runs: {freed}")
     target = uri or record.tracking.uri
     if not target:
         print(f"ptflow-runs: {run_dir} ran without tracking; say where to log it with --tracking-uri",
@@ -100,6 +112,7 @@ def close_stale(outputs_dir: Path, uri: str | None, experiment: str) -> int:
     from ptflow.stale import close_stale_records, close_stale_runs
 
     closed: list[str] = []
+    freed = Freed()
     if uri or (outputs_dir / "mlflow.db").is_file():
         from mlflow.tracking import MlflowClient
 
@@ -118,17 +131,25 @@ def close_stale(outputs_dir: Path, uri: str | None, experiment: str) -> int:
                   + (f" — {did_you_mean(experiment, names)}" if did_you_mean(experiment, names) else ""),
                   file=sys.stderr)
             return 2
-        closed = close_stale_runs(client, [found.experiment_id])
-    records = close_stale_records(outputs_dir) if outputs_dir.is_dir() else []
-    print(f"closed {len(closed)} stale MLflow run(s) and {len(records)} run record(s) as KILLED "
+        closed = close_stale_runs(client, [found.experiment_id], freed)
+    records = close_stale_records(outputs_dir, freed) if outputs_dir.is_dir() else []
+    print(f"closed {len(closed)} stale MLflow run(s) and {len(records)} run record(s) "
           "(their processes on this host are gone)")
-    for item in [*closed, *map(str, records)]:
-        print(f"  {item}")
+    for run_id in closed:
+        print(f"  {run_id}")
+    for record in records:   # the error names its stage, the kill reason the stage it stopped
+        why = record.error or record.reason
+        print(f"  {record.run_dir}: {record.status}" + (f": {why}" if why else ""))
+    if freed.files:
+        print(freed)
     return 0
 
 
 def run(argv: Sequence[str]) -> int:
+    from ptflow.tracker import quiet_store_logs
+
     args = _parser().parse_args(list(argv))
+    quiet_store_logs()
     if args.command == "relog":
         codes = [relog(d, args.tracking_uri, args.experiment) for d in args.run_dirs]
         return max(codes)

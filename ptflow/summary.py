@@ -175,7 +175,7 @@ def render(summary: Mapping[str, Any], mlflow_complete: bool = True) -> str:
         lines.append(f"  {'export':<20}{relative(path)}")
     mlflow = summary["mlflow"]
     if mlflow["run_id"]:
-        state = "" if mlflow_complete else "  INCOMPLETE (see below)"
+        state = "" if mlflow_complete else "  INCOMPLETE (tag ptflow.incomplete; see below)"
         lines.append(f"  {'MLflow run':<20}{mlflow['run_id']} (experiment '{mlflow['experiment']}'){state}")
         uri = mlflow["tracking_uri"]
         ui = uri if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}"

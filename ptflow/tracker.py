@@ -3,8 +3,10 @@
 The run's own record (``ptflow.record.RunRecord``) is the truth; this hook copies it into
 MLflow as the run goes. A tracking failure never fails the run: the first one is
 reported once, later calls are skipped (no minutes of retries), and the record says the
-mirror is incomplete so ``ptflow-runs relog`` can finish it later. ``replay`` is that
-relog: the same calls, fed from a saved record.
+mirror is incomplete so ``ptflow-runs relog`` can finish it later; the MLflow run itself
+says so too, with tag ``ptflow.incomplete`` (set best effort, since the store may be what
+failed; a complete relog removes it). ``replay`` is that relog: the same calls, fed from a
+saved record.
 
 MLflow conventions kept here, at the boundary: metric keys group by stage with a '/'
 (``mlflow_metric_key``); the data a run used is logged with MLflow's dataset API; a
@@ -16,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-import json
 import logging
 import sys
 import time
@@ -25,9 +26,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ptflow import summary
+from ptflow.errors import first_line
+from ptflow.files import describe_disk_full
+from ptflow.mlflow_datasets import dataset_key, mlflow_dataset
 from ptflow.params import sanitize_key, to_params
 from ptflow.record import RunRecord, Tracking
-from ptflow.errors import first_line
 from ptflow.tracking import TrackingConfig, prepare, store_uri
 from ptflow.typed import to_plain
 
@@ -39,8 +42,26 @@ if TYPE_CHECKING:
 MAX_TAG = 5000
 TEXT_FILES = ("config.yaml", "plan.txt")       # written by the job into the run dir
 QUIET_STAGES = frozenset({"benchmark"})        # no system-metrics sampling while these time
-DIGEST_CHARS = 16                              # of the sha256 shown as MLflow's dataset digest (max 36)
+INCOMPLETE_TAG = "ptflow.incomplete"           # why the MLflow run lacks part of the record
+STORE_LOGGERS = ("mlflow.store.db.utils",)     # log every SQLAlchemy failure with its whole traceback
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+def quiet_store_logs() -> None:
+    """MLflow logs each failed database call with an 85-line SQLAlchemy traceback before it
+    raises; ptflow reports the failure itself, in one line (``describe_failure``)."""
+    for name in STORE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def describe_failure(error: BaseException, uri: str) -> str:
+    """One line for a failed MLflow call; a full disk says so first."""
+    full = describe_disk_full(error, f"the MLflow store {uri}")   # a copy into its artifacts names no file
+    if full is not None:
+        return full
+    text = "\n".join(line for line in str(error).splitlines() if not line.startswith("(raised as a result of"))
+    return f"{type(error).__name__}: {first_line(Exception(text))}"   # without SQLAlchemy's preamble
 
 
 @contextlib.contextmanager
@@ -74,38 +95,6 @@ def mlflow_metric_key(name: str) -> str:
     return sanitize_key(name.replace(".", "/", 1))
 
 
-def mlflow_dataset(info: Mapping[str, Any]):
-    """An ``artifact.DatasetInfo`` (as plain data) as an MLflow Dataset entity: the schema in
-    the form the UI lists (``mlflow_colspec``) and in MLflow's tensor form, the source as a
-    code source, and the full sha256 with the row count in the profile the UI shows."""
-    from mlflow.entities import Dataset
-
-    inputs = list(info["inputs"])
-    targets = [info["targets"]] if info.get("targets") else []
-    shown = [{"name": c["name"], "type": f"{c['dtype']} ({', '.join(_dims(c['shape']))})", "required": True}
-             for c in inputs + targets]
-    tensors = {"features": json.dumps([_tensor_spec(c) for c in inputs]),
-               "targets": json.dumps([_tensor_spec(c) for c in targets]) if targets else None}
-    profile = {"rows": info["rows"], "source": info["source"], "sha256": info["digest"]}
-    return Dataset(name=info["name"], digest=info["digest"][:DIGEST_CHARS], source_type="code",
-                   source=json.dumps({"tags": {"builder": info["source"]}}),
-                   schema=json.dumps({"mlflow_colspec": shown, "mlflow_tensorspec": tensors}),
-                   profile=json.dumps(profile))
-
-
-def _dims(shape: Iterable[int]) -> list[str]:
-    return ["batch" if d == -1 else str(d) for d in shape]
-
-
-def _tensor_spec(column: Mapping[str, Any]) -> dict[str, Any]:
-    return {"name": column["name"], "type": "tensor",
-            "tensor-spec": {"dtype": column["dtype"], "shape": list(column["shape"])}}
-
-
-def _dataset_key(name: str, digest: str, context: str) -> tuple[str, str, str]:
-    return name, digest[:DIGEST_CHARS], str(context)
-
-
 class MlflowTracker:
     """Engine hook: opens the run, mirrors params/tags/metrics/artifacts, closes it."""
 
@@ -122,7 +111,9 @@ class MlflowTracker:
         self._logged_tags: dict[str, str] = {}
         self._sample_system = False
         self._monitor = None           # MLflow's SystemMetricsMonitor while it samples
+        self._incomplete_tagged = False   # the run carries INCOMPLETE_TAG (from an earlier attempt)
         self.client = None
+        quiet_store_logs()
         self.experiment_id = self._call(self._connect)
 
     @property
@@ -163,6 +154,7 @@ class MlflowTracker:
         self._stop_monitor()
         if self.run_id:
             self._call(self._log_outcome)
+            self._mark_completeness()
             self._terminate()
         self.record.tracking.complete = self.ok and self.run_id is not None
 
@@ -175,8 +167,9 @@ class MlflowTracker:
             self._call(self._start)
         else:
             self.run_id = existing.info.run_id
+            self._incomplete_tagged = INCOMPLETE_TAG in existing.data.tags
             self._logged_metrics = set(existing.data.metrics)
-            self._logged_datasets = {_dataset_key(i.dataset.name, i.dataset.digest, tag.value)
+            self._logged_datasets = {dataset_key(i.dataset.name, i.dataset.digest, tag.value)
                                      for i in existing.inputs.dataset_inputs
                                      for tag in i.tags if tag.key == "mlflow.data.context"}
             self._call(self._describe, set(existing.data.params), True)   # what the outage may have cost
@@ -199,7 +192,8 @@ class MlflowTracker:
     def _failed(self, error: Exception) -> None:
         if self.error is not None:
             return
-        self.error = f"{type(error).__name__}: {first_line(error)}"
+        log.debug("MLflow call failed", exc_info=error)   # the traceback, for ptflow.log only
+        self.error = describe_failure(error, self.uri)
         self.record.tracking.error = self.error
         run_dir = self.record.run_dir
         print(f"ptflow: MLflow tracking at {self.uri} failed: {self.error}\n"
@@ -297,7 +291,7 @@ class MlflowTracker:
     def _log_datasets(self, datasets: Iterable[Mapping[str, Any]]) -> None:
         from mlflow.entities import DatasetInput, InputTag
 
-        fresh = {_dataset_key(d["name"], d["digest"], d["context"]): d for d in datasets}
+        fresh = {dataset_key(d["name"], d["digest"], d["context"]): d for d in datasets}
         fresh = {key: d for key, d in fresh.items() if key not in self._logged_datasets}
         if fresh:
             self.client.log_inputs(self.run_id, datasets=[
@@ -331,6 +325,18 @@ class MlflowTracker:
                 monitor.finish()     # wakes and joins the sampling thread, then logs what it sampled
             except Exception as error:   # the store failed under it: reported like any tracking failure
                 self._failed(error)
+
+    def _mark_completeness(self) -> None:
+        """Tag a run that lacks part of the record (best effort: the store may be what fails);
+        untag it once a relog has logged everything."""
+        if self.error is not None:
+            try:
+                reason = f"{self.error}; the run dir holds it all: {relog_command(self.record.run_dir)}"
+                self.client.set_tag(self.run_id, INCOMPLETE_TAG, reason[:MAX_TAG])
+            except Exception:   # the store refuses even this: the record and the console say it
+                pass
+        elif self._incomplete_tagged:
+            self._call(self.client.delete_tag, self.run_id, INCOMPLETE_TAG)
 
     def _terminate(self) -> None:
         status = "FAILED" if self.record.status == "CONFIG_ERROR" else self.record.status

@@ -124,3 +124,42 @@ def zip_without_data(tmp: Path) -> None:
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("readme.txt", "not a checkpoint")
     _write(tmp / "other.pt", buffer.getvalue())
+
+
+# -- files that would run code when loaded: each payload creates {tmp}/MARKER (tests/crafted_files.py)
+
+GIVEN = "given"   # a test's input files (not exports: the fault table's manifest check skips them)
+
+
+def _given(tmp: Path, name: str) -> Path:
+    (tmp / GIVEN).mkdir(exist_ok=True)
+    return tmp / GIVEN / name
+
+def evil_pt2_sample_inputs(tmp: Path) -> None:
+    from tests.crafted_files import pt2_pickled_sample_inputs
+
+    pt2_pickled_sample_inputs(_given(tmp, "evil.pt2"), tmp / "MARKER")
+
+
+def evil_pt2_weight(tmp: Path) -> None:
+    from tests.crafted_files import pt2_pickled_weight
+
+    pt2_pickled_weight(_given(tmp, "evil.pt2"), tmp / "MARKER")
+
+
+def evil_pt2_expression(tmp: Path) -> None:
+    from tests.crafted_files import pt2_sympy_expression
+
+    pt2_sympy_expression(_given(tmp, "evil.pt2"), tmp / "MARKER")
+
+
+def evil_pt2_library(tmp: Path) -> None:
+    from tests.crafted_files import pt2_with_aoti_library
+
+    pt2_with_aoti_library(_given(tmp, "evil.pt2"))
+
+
+def evil_state_dict(tmp: Path) -> None:
+    from tests.crafted_files import state_dict_with_payload
+
+    state_dict_with_payload(tmp / "evil.pt", tmp / "MARKER")

@@ -109,8 +109,13 @@ def test_pickled_model_is_refused_unless_trusted(ptflow, tmp_path):
 
     pickled = tmp_path / "full.pt"
     torch.save(DigitsMLP(hidden=32), pickled)
-    _assert_failed_run(ptflow(f"model.weights={pickled}", "experiment=latency_only", *QUICK),
-                       "stage 'load' failed", "model.trust_pickle=true")
+    refused = ptflow(f"model.weights={pickled}", "experiment=latency_only", *QUICK)   # before anything runs
+    assert refused.code == 2 and "nothing was run" in refused.stderr, refused.stderr
+    assert "pickled Python objects" in refused.stderr and "model.trust_pickle=true" in refused.stderr
+    assert "ptflow.zoo.digits.DigitsMLP" in refused.stderr and not mlflow_runs(refused)
+    trusted = ptflow(f"model.weights={pickled}", "model.builder=null", "model.trust_pickle=true",
+                     "experiment=latency_only", *QUICK)
+    assert trusted.code == 0, trusted.stderr
 
 
 def test_a_failing_sweep_job_does_not_stop_the_others(ptflow, poisoned):

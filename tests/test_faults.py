@@ -1,9 +1,10 @@
 """Every bad input and fault a user meets, through the real `ptflow` process: one table.
 
-Each case runs `python -m ptflow ARGS` in its own directory and checks four things: the
+Each case runs `python -m ptflow ARGS` in its own directory and checks five things: the
 exit code; that stderr names the key or file at fault (and holds no traceback); the
-status of the MLflow run (or that none exists); and that nothing half-written is left:
-no partial file anywhere, no export without its manifest, a run record that agrees.
+status of the MLflow run (or that none exists); that nothing half-written is left:
+no partial file anywhere, no export without its manifest, a run record that agrees; and
+that no crafted file's payload ran (it would create the directory's MARKER file).
 
 Faults that need a broken machine (a full disk, a read-only directory) are injected by
 tests/faults/sitecustomize.py, which patches the standard library in the child process,
@@ -69,6 +70,15 @@ def _weights(name, file, setup, *says):
                 ("model.weights", f"{{tmp}}/{file}", *says, "nothing was run"), None, None, setup)
 
 
+def _untrusted(name, file, setup, *says):
+    """A model file that would run code (its payload creates {tmp}/MARKER): refused in pre-flight."""
+    extra = tuple(s for s in says if "=" in s and " " not in s)   # overrides among the needles
+    path = f"{{tmp}}/{files.GIVEN}/{file}"
+    return Case("untrusted", name, ("model.builder=null", f"model.weights={path}", *extra), 2,
+                ("model.weights", path, "would run code", *(s for s in says if s not in extra),
+                 "nothing was run"), None, None, setup)
+
+
 def _failed(family, name, args, *says, setup=None, fault="", fsize=None):
     return Case(family, name, args, 1, says, "FAILED", setup=setup, fault=fault, fsize=fsize)
 
@@ -132,11 +142,22 @@ CASES = [
     _weights("html-page", "page.safetensors", files.html_page, "HTML/XML page"),
     _weights("zip-not-a-checkpoint", "other.pt", files.zip_without_data, "no data.pkl"),
 
+    # -- files that would run code when loaded: refused before anything runs, and nothing ran --
+    _untrusted("pt2-pickled-sample-inputs", "evil.pt2", files.evil_pt2_sample_inputs, "data/sample_inputs/model.pt"),
+    _untrusted("pt2-pickled-sample-inputs-format-pt2", "evil.pt2", files.evil_pt2_sample_inputs,
+               "data/sample_inputs/model.pt", "model.format=pt2"),
+    _untrusted("pt2-use-pickle-weight", "evil.pt2", files.evil_pt2_weight, "data/weights/weight_"),
+    _untrusted("pt2-code-in-a-shape-expression", "evil.pt2", files.evil_pt2_expression, "models/model.json",
+               "shape expression"),
+    _untrusted("pt2-compiled-library", "evil.pt2", files.evil_pt2_library, "data/aotinductor/", "native code"),
+    _weights("state-dict-unpickles-code", "evil.pt", files.evil_state_dict, "data.pkl", "eval",
+             "model.trust_pickle=true"),
+
     # -- weights that only fail when read (exit 1, run FAILED) --------------------------------
     _failed("weights", "a-list-not-a-state-dict", ("model.weights={tmp}/list.pt", *NO_EXPORT),
             "stage 'load' failed", "model.weights", "{tmp}/list.pt", "holds a list", setup=files.a_list),
-    _failed("weights", "pickled-model-refused", ("model.weights={tmp}/full.pt", *NO_EXPORT),
-            "model.weights", "{tmp}/full.pt", "model.trust_pickle=true", setup=files.pickled_model),
+    _weights("pickled-model-refused", "full.pt", files.pickled_model, "pickled Python objects",
+             "model.trust_pickle=true"),
     _failed("weights", "keys-do-not-match", ("model.weights={tmp}/renamed.pt", *NO_EXPORT),
             "{tmp}/renamed.pt", "missing from the file (8)", setup=files.renamed_keys),
 
@@ -181,13 +202,27 @@ CASES = [
             fault="enospc:summary.json"),
     _failed("disk", "full-at-latency-samples", NO_EXPORT, "stage 'benchmark' failed",
             "no space left on device", "latency_samples.json", fault="enospc:latency_samples"),
-    _failed("disk", "too-little-free-space", QUICK, "stage 'export' failed", "no space left on device",
-            "MB free", fault="diskfree:1"),
+    # above the 4 MB a run needs to record itself, below the ~9.6 MB the unquantized export needs
+    _failed("disk", "too-little-free-space", (*QUICK, "quantize=none"), "stage 'export' failed",
+            "no space left on device", "MB free", fault="diskfree:6"),
+    # below it: nothing runs, no MLflow run, a record that says so (no RUNNING left behind)
+    Case("disk", "below-the-minimum-free-space", QUICK, 1,
+         ("no space left on {tmp}/outputs: 1.00 MB free", "needs 4 MB"), None, "FAILED", fault="diskfree:1"),
+    Case("disk", "record-unwritable-at-start", QUICK, 1,
+         ("no space left on device writing {tmp}/outputs", "no run record could be written"), None, None,
+         fault="enospc:ptflow_result.json"),
+    # the disk fills up mid-run: the record stays RUNNING, its end is kept in the reserve (the
+    # console says where, and what completes it), MLflow still gets the true end
+    Case("disk", "record-unwritable-mid-run", QUICK, 1,
+         ("stage 'export' failed: no space left on device", "is NOT complete", ".ptflow_result.reserve",
+          "ptflow-runs close-stale --outputs-dir outputs"), "FAILED", "RUNNING",
+         fault="enospcafter:latency_samples:ptflow_result.json|/export/",
+         tags={"ptflow.error": "stage 'export' failed"}),
     _failed("disk", "file-size-limit", QUICK, "stage 'export' failed", "file size limit exceeded",
             "ulimit -f", fsize=2_000_000),
     Case("disk", "artifact-store-full", NO_EXPORT, 3,
-         ("MLflow tracking", "No space left on device", "incomplete", "ptflow-runs relog"), "FINISHED",
-         fault="enospc:mlartifacts"),
+         ("MLflow tracking", "no space left on device", "incomplete", "ptflow-runs relog"), "FINISHED",
+         fault="enospc:mlartifacts", tags={"ptflow.incomplete": "no space left on device writing"}),
 
     # -- signals: the record says KILLED with the real exit code, partial files removed --------
     _killed("sigterm-in-benchmark", ("benchmark.iters=200000", *NO_EXPORT[:1]),
@@ -268,7 +303,7 @@ def _runs(tmp: Path):
 def _assert_nothing_half_written(tmp: Path) -> None:
     partials = [p for p in tmp.rglob("*") if ".partial" in p.name]
     assert not partials, partials
-    for exported in tmp.rglob("*.pt2"):
+    for exported in (p for p in tmp.rglob("*.pt2") if files.GIVEN not in p.relative_to(tmp).parts):
         manifest = exported.with_name("manifest.json")
         assert manifest.is_file(), f"{exported} has no manifest"
         sizes = {e["file"]: e["size_bytes"] for e in json.loads(manifest.read_text())["files"]}
@@ -310,3 +345,4 @@ def test_fault(case: Case, tmp_path: Path):
         if expected != "RUNNING":
             assert saved["exit_code"] in (case.code, 0 if case.code == 3 else case.code)
     _assert_nothing_half_written(tmp_path)
+    assert not (tmp_path / "MARKER").exists(), "a payload in a file ran"   # crafted files' evidence

@@ -6,6 +6,9 @@ the faults look to ptflow exactly like the real ones:
 
   enospc:<text>            opening a file for writing whose path holds <text> fails with
                            ENOSPC, as on a full disk
+  enospcafter:<mark>:<text>|<text>...
+                           the same for paths holding any <text>, once a file whose path
+                           holds <mark> was opened for writing: a disk that fills up mid-run
   readonly:<text>          paths holding <text> are not writable (os.access says so, and
                            opening them for writing fails with EACCES), as for a user
                            without write permission
@@ -32,14 +35,28 @@ def _writing(mode: str) -> bool:
 
 
 def _matches(file: object) -> bool:
-    return isinstance(file, (str, os.PathLike)) and _ARG.split(":")[0] in os.fspath(file)
+    if not isinstance(file, (str, os.PathLike)):
+        return False
+    if _KIND == "enospcafter":
+        return _full_after(os.fspath(file))
+    return _ARG.split(":")[0] in os.fspath(file)
 
 
+_FILLED = []   # enospcafter: the mark was written, the disk is full from now on
+
+
+def _full_after(path: str) -> bool:
+    mark, _, texts = _ARG.partition(":")
+    if _FILLED:
+        return any(text in path for text in texts.split("|"))
+    if mark in path:
+        _FILLED.append(path)
+    return False
 
 
 def _patched_open(file, mode="r", *args, **kwargs):
     if _writing(mode) and _matches(file):
-        if _KIND == "enospc":
+        if _KIND in ("enospc", "enospcafter"):
             raise OSError(errno.ENOSPC, "No space left on device", os.fspath(file))
         if _KIND == "readonly":
             raise PermissionError(errno.EACCES, "Permission denied", os.fspath(file))
@@ -77,15 +94,15 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT
 
 def _patched_os_open(path, flags, *args, **kwargs):
     if flags & _WRITE_FLAGS and _matches(path):
-        code, text = (errno.ENOSPC, "No space left on device") if _KIND == "enospc" else \
+        code, text = (errno.ENOSPC, "No space left on device") if _KIND in ("enospc", "enospcafter") else \
             (errno.EACCES, "Permission denied")
         raise OSError(code, text, os.fspath(path))
     return _os_open(path, flags, *args, **kwargs)
 
 
-if _KIND in ("enospc", "readonly", "slowwrite"):
+if _KIND in ("enospc", "enospcafter", "readonly", "slowwrite"):
     builtins.open = io.open = _patched_open
-if _KIND in ("enospc", "readonly"):
+if _KIND in ("enospc", "enospcafter", "readonly"):
     os.open = _patched_os_open   # tempfile and other low-level writers
 
 if _KIND == "readonly":
