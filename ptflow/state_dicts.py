@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ptflow.errors import InputError
-from ptflow.weights import SAFETENSORS, fix_hint, read_failure
+from ptflow.weights import PICKLED_OBJECTS, SAFETENSORS, fix_hint, read_failure
 
 SHOWN_KEYS = 8
 # Texts of torch's weights-only unpickler that mean a damaged stream, not a refused object.
@@ -31,10 +31,8 @@ def read_weights(path: Path, trust_pickle: bool) -> Any:
         if trust_pickle or any(text in str(error) for text in CORRUPT_PICKLE):
             raise read_failure(path, error) from error
         raise InputError(
-            f"model.weights: {path} holds pickled Python objects, not just tensors (e.g. a whole model "
-            "saved with torch.save(model)). Unpickling runs code from the file, so ptflow refuses by "
-            "default.\n  fix: save model.state_dict() instead, or — only if you trust the file — set "
-            "model.trust_pickle=true.") from error
+            f"model.weights: {path} {PICKLED_OBJECTS}, so ptflow refuses by default.\n  fix: save "
+            "model.state_dict() instead, or — only if you trust the file — set model.trust_pickle=true.") from error
     except MemoryError:
         raise
     except Exception as error:  # any parser's failure on this file (EOFError, SafetensorError, ...)

@@ -303,10 +303,14 @@ def read_program(path: Path, trust_pickle: bool = False) -> tuple[Any, ProgramSi
     return program.module(), signature
 
 
-def unsafe_message(path: Path, problems: list[str]) -> str:
+PICKLED_OBJECTS = ("holds pickled Python objects, not just tensors (e.g. a whole model saved with "
+                   "torch.save(model)); unpickling runs code from the file")
+
+
+def unsafe_message(path: Path, problems: list[str], what: str = "would run code when loaded") -> str:
     """Why a model file is refused: the entries that would run code, and the opt-in."""
     listed = "".join(f"\n    {p}" for p in problems)
-    return (f"{path} would run code when loaded, so ptflow refuses it:{listed}\n  fix: use a "
+    return (f"{path} {what}, so ptflow refuses it:{listed}\n  fix: use a "
             "file of plain tensors (torch.export.save of a program whose inputs and weights are tensors; "
             "safetensors for a state_dict), or — only if you trust the file and where it came from — set "
             "model.trust_pickle=true")
@@ -328,10 +332,7 @@ def safety_problem(path: Path, found: ModelFormat) -> str | None:
                 return unsafe_message(path, problems) if problems else None
             if found is ModelFormat.STATE_DICT:
                 problem = checkpoint_problem(handle)
-                return (None if problem is None else unsafe_message(path, [f"data.pkl: {problem}"])
-                        .replace("would run code when loaded", "holds pickled Python objects, not just tensors "
-                                 "(e.g. a whole model saved with torch.save(model)); unpickling runs code from "
-                                 "the file", 1))
+                return None if problem is None else unsafe_message(path, [f"data.pkl: {problem}"], PICKLED_OBJECTS)
     except (OSError, zipfile.BadZipFile, ValueError) as error:
         return f"{path} cannot be inspected: {one_line(error)}"
     return None
