@@ -243,7 +243,7 @@ def register(tracking_uri: str, row: Any, name: str) -> str:
         check_logged_model(mlflow.MlflowClient(tracking_uri), row.run_id, models[fmt], fmt)
     except Untrusted as error:
         raise Refused(f"not registering {models[fmt]} ({fmt}) of run {row.run_id}: {error}. The store's copy is not "
-                      "the file this run exported; re-run the recipe (ptflow-reproduce "
+                      "what this run exported and logged; re-run the recipe (ptflow-reproduce "
                       f"{row.run_id}) and register the new run") from None
     with global_tracking_uri(tracking_uri), mlflow_quiet():   # MLflow's own "Successfully registered" lines
         version = mlflow.register_model(models[fmt], name, tags=tags, await_registration_for=0)
