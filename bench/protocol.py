@@ -36,9 +36,10 @@ def in_process(threads: int, rounds: int) -> None:
     import torch
     from torch.utils import benchmark as torch_benchmark
 
-    from ptflow import device, engine
-    from ptflow.plan import compile_plan
-    from ptflow.stages.benchmark_timing import Mode, measure_size, protocol_for
+    from ptflow.measure import device
+    from ptflow.core import engine
+    from ptflow.app.settings import compile_plan
+    from ptflow.stages.benchmark.timing import Mode, measure_size, protocol_for
     from tests.conftest import compose, make_context
 
     config, choices = compose(f"device.threads={threads}", "tracking=none", "pipeline=[load,validate,quantize]")

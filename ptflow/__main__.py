@@ -1,4 +1,4 @@
 """`python -m ptflow` is the `ptflow` command."""
-from ptflow.cli import main
+from ptflow.app.cli import main
 
 main()

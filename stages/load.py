@@ -10,18 +10,18 @@ from typing import Any
 
 import torch
 
-from ptflow import fidelity
-from ptflow.artifact import Artifact, DataContext, Form
-from ptflow.data import as_split, check_keywords, fit_to_program, forward_names, make_batches
-from ptflow.dataset_info import describe_data
-from ptflow.errors import ConfigError, InputError, Problem, invalid_choice
-from ptflow.spec import Batch
-from ptflow.modelinfo import dtype_of, parameter_count, model_size_mb
-from ptflow.state_dicts import (Warn, casts, partial_load_message, check_keys, read_weights,
+from ptflow.decide import fidelity
+from ptflow.core.artifact import Artifact, DataContext, Form
+from ptflow.inputs.data import as_split, check_keywords, fit_to_program, forward_names, make_batches
+from ptflow.inputs.dataset_info import describe_data
+from ptflow.core.errors import ConfigError, InputError, Problem, invalid_choice
+from ptflow.core.spec import Batch
+from ptflow.measure.modelinfo import dtype_of, parameter_count, model_size_mb
+from ptflow.inputs.state_dicts import (Warn, casts, partial_load_message, check_keys, read_weights,
                                 select_state_dict)
-from ptflow.stage import Environment, Note, RunContext, ignore_warning, register_stage
-from ptflow.targets import check_target, instantiate, resolve_path, traits_of
-from ptflow.weights import (SAFETENSORS, TORCH_FORMATS, ModelFormat, ProgramSignature, describe_format,
+from ptflow.core.stage import Environment, Note, RunContext, ignore_warning, register_stage
+from ptflow.core.targets import check_target, instantiate, resolve_path, traits_of
+from ptflow.inputs.weights import (SAFETENSORS, TORCH_FORMATS, ModelFormat, ProgramSignature, describe_format,
                             expected_format, file_problem, fix_hint, read_program,
                             read_torchscript, safety_problem, sniff)
 
@@ -102,7 +102,7 @@ class LoadStage:
 
     requires = frozenset()
     provides = frozenset()
-    cache = "memory"   # the next job of a sweep in this process gets its own copy (ptflow.stage_cache)
+    cache = "memory"   # the next job of a sweep in this process gets its own copy (ptflow.core.stage_cache)
 
     def __init__(self, config: LoadConfig):
         self.config = config

@@ -7,11 +7,11 @@ from typing import Any
 
 import torch
 
-from ptflow import fidelity
-from ptflow.artifact import Artifact, Baseline, Form
-from ptflow.errors import ConfigError, InputError, Problem
-from ptflow.spec import call, flatten_outputs, select_output
-from ptflow.stage import Environment, RunContext, register_stage
+from ptflow.decide import fidelity
+from ptflow.core.artifact import Artifact, Baseline, Form
+from ptflow.core.errors import ConfigError, InputError, Problem
+from ptflow.core.spec import call, flatten_outputs, select_output
+from ptflow.core.stage import Environment, RunContext, register_stage
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class ValidateStage:
 
     requires = frozenset()
     provides = frozenset({"baseline"})
-    cache = "disk"   # the baseline reference, shared by the jobs of a sweep (ptflow.stage_cache)
+    cache = "disk"   # the baseline reference, shared by the jobs of a sweep (ptflow.core.stage_cache)
 
     def __init__(self, config: ValidateConfig):
         self.config = config

@@ -79,16 +79,18 @@ def mlflow_runs(result: CliResult, experiment: str = "ptflow", parents: bool = F
 
 def compose(*overrides: str) -> tuple[dict, dict]:
     """The resolved config (no hydra node) and group choices, as Hydra composes them for a job."""
-    from ptflow.cli import CONFIG_DIR
-    from ptflow.overrides import Source, compose_config
+    from ptflow.app.args import CONFIG_DIR
+    from ptflow.app.overrides import Source, compose_config
 
     return compose_config(Source(CONFIG_DIR), list(overrides), resolve=True)
 
 
 def make_context(run_dir: Path, plan):
     """A RunContext like the job runner's, for running plans in-process."""
-    from ptflow import device, engine
-    from ptflow.stage import RunContext
+    from ptflow.measure import device
+    from ptflow.core import engine
+    from ptflow.core.stage import RunContext
 
     return RunContext(run_dir, plan.settings.device.name, plan.settings.seed, "0" * 64,
                       device.capture(plan.settings.device), engine.progress)
+from tests.mlflow_server import server  # noqa: E402,F401 (a real mlflow server for the tests that ask for one)

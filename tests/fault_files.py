@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ptflow.targets import resolve_path
+from ptflow.core.targets import resolve_path
 
 BUNDLED = resolve_path("pkg://ptflow.zoo/digits_mlp.safetensors")
 
@@ -108,7 +108,7 @@ def empty_dir(tmp: Path) -> None:
 
 
 def existing_store(tmp: Path) -> None:
-    from ptflow.tracking import TrackingConfig, prepare
+    from ptflow.runs.tracking import TrackingConfig, prepare
 
     prepare(TrackingConfig(), tmp / "ro")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ptflow.stages.quantize import Quantized, QuantizeJob, quantize_recipe
+from ptflow.stages.quantize.registry import Quantized, QuantizeJob, quantize_recipe
 
 
 @quantize_recipe("scramble", summary="test only: zero the last Linear layer")

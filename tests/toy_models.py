@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ptflow.data import Split
+from ptflow.inputs.data import Split
 
 
 @dataclass

@@ -8,14 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from ptflow import engine
-from ptflow.errors import ConfigError
-from ptflow.plan import compile_plan
-from ptflow.stage import RunContext
+from ptflow.core import engine
+from ptflow.core.errors import ConfigError
+from ptflow.app.settings import compile_plan
+from ptflow.core.stage import RunContext
 from tests.conftest import compose
 
 QUICK = ("tracking=none", "benchmark=quick", "quantize=none")
-PIXELS = {"_target_": "ptflow.datasources.random_inputs", "rows": 40, "seed": 0,
+PIXELS = {"_target_": "ptflow.inputs.datasources.random_inputs", "rows": 40, "seed": 0,
           "inputs": {"pixels": {"shape": [8], "dtype": "float32"}}}
 
 

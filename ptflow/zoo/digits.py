@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ptflow.data import Split
+from ptflow.inputs.data import Split
 
 
 class DigitsMLP(nn.Module):

@@ -1,0 +1,175 @@
+"""A sweep's parent MLflow run: opened by the launching process before any job starts,
+found by every job (in this process, a joblib worker or a submitit/SLURM node) through a
+file in the sweep dir, and closed with the sweep's counts and its comparison.
+
+MLflow shows a run with tag ``mlflow.parentRunId`` nested under that run. The parent
+records what the sweep was (its overrides, launcher, sweeper, the command), how it ended
+(``sweep/finished``, ``sweep/failed``, ``sweep/killed``; FINISHED unless no job finished,
+KILLED after a signal) and, as artifacts under ``compare/``, the table and Pareto plot of
+``ptflow.decide.compare``. A tracking failure here costs the parent, never a job.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ptflow.core.errors import first_line
+from ptflow.core.files import write_atomic
+from ptflow.runs.record import RESULT_FILE, RunRecord, run_records
+
+PARENTS_FILE = ".ptflow-parents.json"   # in the sweep dir: {"<uri> <experiment id>": "<parent run id>"}
+PARENT_TAG = "ptflow.sweep_parent"
+PARENT_ID_TAG = "mlflow.parentRunId"    # MLflow's own: the UI nests the child under the parent
+
+
+def _key(uri: str, experiment_id: str) -> str:
+    return f"{uri} {experiment_id}"
+
+
+def open_parents(sweep_dir: Path, stores: Iterable[tuple[str, str]], overrides: Iterable[str],
+                 expected: int | None, plugins: Mapping[str, str]) -> dict[str, str]:
+    """Create one parent run per (store, experiment) and write where jobs find them."""
+    from mlflow.tracking import MlflowClient
+
+    from ptflow.core import lifecycle
+    from ptflow.runs import naming
+
+    sweep_dir = Path(sweep_dir).resolve()
+    overrides = list(overrides)
+    jobs = f"{expected} job(s)" if expected is not None else "search"
+    tags = {PARENT_TAG: "true", "ptflow.sweep": str(sweep_dir), "ptflow.sweep_id": naming.sweep_id(str(sweep_dir)),
+            "ptflow.process": str(lifecycle.current_process()),
+            "ptflow.command": shlex.join(["ptflow", "-m", *overrides])[:5000],
+            **{f"ptflow.{kind}": name for kind, name in plugins.items()},
+            **naming.source_tags()}
+    if expected is not None:
+        tags["ptflow.sweep.expected"] = str(expected)
+    parents: dict[str, str] = {}
+    for uri, experiment_id in stores:
+        try:
+            client = MlflowClient(tracking_uri=uri)
+            run = client.create_run(experiment_id, run_name=f"sweep {jobs} @{sweep_dir.name}", tags=tags)
+            client.log_text(run.info.run_id, "\n".join(overrides) + "\n", "overrides.txt")
+            parents[_key(uri, experiment_id)] = run.info.run_id
+        except Exception as error:   # the jobs still run and record; only the nesting is lost
+            print(f"ptflow: warning: could not create the sweep's parent MLflow run in {uri}: "
+                  f"{type(error).__name__}: {first_line(error)}; the jobs run without a parent",
+                  file=sys.stderr, flush=True)
+    write_atomic(sweep_dir / PARENTS_FILE, json.dumps(parents, indent=2) + "\n")
+    return parents
+
+
+def parent_of(sweep_dir: str | None, uri: str, experiment_id: str | None) -> str | None:
+    """The parent run id a job of `sweep_dir` logging to (uri, experiment) nests under."""
+    if not sweep_dir or experiment_id is None:
+        return None
+    return _parents(Path(sweep_dir)).get(_key(uri, experiment_id))
+
+
+def _parents(sweep_dir: Path) -> dict[str, str]:
+    try:
+        found = json.loads((Path(sweep_dir) / PARENTS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def counts(records: list[RunRecord], expected: int | None) -> dict[str, float]:
+    finished = sum(r.status == "FINISHED" for r in records)
+    killed = sum(r.status == "KILLED" for r in records)
+    failed = len(records) - finished - killed - sum(r.status == "RUNNING" for r in records)
+    values = {"sweep/jobs": len(records), "sweep/finished": finished, "sweep/failed": failed,
+              "sweep/killed": killed}
+    if expected is not None:
+        values["sweep/expected"] = expected
+        values["sweep/not_started"] = max(expected - len(records), 0)
+    return {k: float(v) for k, v in values.items()}
+
+
+def status_of(records: list[RunRecord], stopped: bool) -> str:
+    if stopped:
+        return "KILLED"
+    return "FINISHED" if any(r.status == "FINISHED" for r in records) else "FAILED"
+
+
+def close_parents(sweep_dir: Path, expected: int | None, stopped_by: str | None = None) -> list[str]:
+    """End each parent run: the counts, multirun.yaml, the comparison, the status. Returns
+    the lines to print (where the comparison went)."""
+    sweep_dir = Path(sweep_dir)
+    parents = _parents(sweep_dir)
+    if not parents:
+        return []
+    records = run_records(sweep_dir.glob(f"*/{RESULT_FILE}"))
+    status = status_of(records, stopped_by is not None)
+    lines = []
+    for key, run_id in parents.items():
+        uri, _, experiment_id = key.rpartition(" ")
+        line = _close_one(uri, experiment_id, run_id, sweep_dir, records, expected, status, stopped_by)
+        if line:
+            lines.append(line)
+    return lines
+
+
+def _close_one(uri: str, experiment_id: str, run_id: str, sweep_dir: Path, records: list[RunRecord],
+               expected: int | None, status: str, stopped_by: str | None) -> str | None:
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from ptflow.runs.mlflow_calls import set_terminated
+
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in counts(records, expected).items()])
+        if (sweep_dir / "multirun.yaml").is_file():
+            client.log_artifact(run_id, str(sweep_dir / "multirun.yaml"))
+        if stopped_by:
+            client.set_tag(run_id, "ptflow.kill_reason", f"the sweep was stopped by {stopped_by}")
+        written = _comparison(uri, experiment_id, run_id, sweep_dir)
+        for path in written:
+            client.log_artifact(run_id, str(path), artifact_path="compare")
+        set_terminated(client, run_id, status)
+    except Exception as error:   # a dead store at the end: the jobs' own records are complete
+        print(f"ptflow: warning: could not close the sweep's parent MLflow run {run_id} in {uri}: "
+              f"{type(error).__name__}: {first_line(error)}", file=sys.stderr, flush=True)
+        return None
+    if not written:
+        return f"sweep: parent MLflow run {run_id} ended {status}"
+    return (f"sweep: parent MLflow run {run_id} ended {status}; comparison (CSV, Markdown, Pareto plot) "
+            f"in {written[0].parent} and its artifacts compare/; rank again: ptflow-compare --parent {run_id}")
+
+
+def _comparison(uri: str, experiment_id: str, run_id: str, sweep_dir: Path) -> list[Path]:
+    """compare.csv, compare.md and pareto.png of the parent's children, in <sweep dir>/compare
+    (a temp dir when the sweep dir cannot take them). Never fails the close."""
+    target = sweep_dir / "compare"
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        target = Path(tempfile.mkdtemp(prefix="ptflow-compare-"))
+    try:
+        from ptflow.decide.compare import sweep_artifacts
+
+        return [Path(p) for p in sweep_artifacts(uri, experiment_id, run_id, target)]
+    except Exception as error:
+        print(f"ptflow: warning: the sweep's comparison could not be written: {type(error).__name__}: "
+              f"{first_line(error)}", file=sys.stderr, flush=True)
+        return []
+
+
+def plugins_of(config: Any) -> dict[str, str]:
+    """The sweep's launcher and sweeper, as tags (e.g. ptflow.launcher=JoblibLauncher)."""
+    from omegaconf import OmegaConf
+
+    found = {}
+    for kind in ("launcher", "sweeper"):
+        target = OmegaConf.select(config, f"hydra.{kind}._target_")
+        if target:
+            found[kind] = str(target).rsplit(".", 1)[-1]
+    return found

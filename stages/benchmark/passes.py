@@ -1,0 +1,76 @@
+"""benchmark's untimed passes and pictures, run after timing (and after the device lock is
+released): peak memory per call, FLOPs and the share of the device's peak, torch.profiler's
+table and trace, the raw samples as CSV and the latency pictures."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ptflow.measure import plots
+from ptflow.core.artifact import Artifact
+from ptflow.core.spec import ModelInputs, call
+from ptflow.core.stage import RunContext
+from ptflow.stages.benchmark import profile as profiling
+from ptflow.stages.benchmark.roofline import compute_precision, flops_per_call, roofline_metrics
+
+
+def untimed(cfg: profiling.ProfileConfig, artifact: Artifact, models: dict[str, Any], inputs: ModelInputs,
+            p50_ms: dict[str, float], ctx: RunContext) -> tuple[dict[str, float], dict[str, Path]]:
+    """Memory, FLOPs/roofline and profiler figures for each timed model on the headline inputs."""
+    metrics: dict[str, float] = {}
+    files: dict[str, Path] = {}
+    fns = {role: (lambda m=model: call(m, inputs)) for role, model in models.items()}
+    if cfg.memory:
+        for role, fn in fns.items():
+            figures = profiling.memory_pass(fn, artifact.device, role)
+            metrics.update(figures.metrics)
+            for note in figures.notes:
+                ctx.warn("benchmark.memory", note)
+            if isinstance(models[role], torch.nn.Module):
+                metrics[f"benchmark.{role}.param_buffer_mb"] = profiling.param_buffer_mb(models[role])
+    if cfg.flops:
+        metrics.update(_roofline(cfg, artifact, fns, inputs, p50_ms, ctx))
+    if cfg.profile:
+        device_type = artifact.device.split(":")[0]
+        for role, fn in fns.items():
+            written = profiling.profile_pass(fn, cfg.profile_calls, cfg.activities_on(device_type),
+                                             ctx.run_dir / "benchmark" / "profile" / role)
+            files[f"benchmark.{role}.profile_table"] = written["profile_table"]
+            files[f"benchmark.{role}.trace"] = written["trace"]
+    return metrics, files
+
+
+def _roofline(cfg: profiling.ProfileConfig, artifact: Artifact, fns: dict[str, Any], inputs: ModelInputs,
+              p50_ms: dict[str, float], ctx: RunContext) -> dict[str, float]:
+    """FLOPs counted once, on the eager baseline (compiled, AOTI, ORT and quantized subclasses
+    hide their arithmetic from the counter): the model's work, reached at each role's p50."""
+    count = flops_per_call(lambda: call(artifact.baseline.model, inputs))
+    if count.flops is None:
+        ctx.warn("benchmark.flops", f"FLOPs not reported: {count.reason}")
+        return {}
+    metrics = {"benchmark.flops_per_call": count.flops}
+    method = next((r.config.get("method") for r in artifact.lineage if r.name == "quantize"), None)
+    matmul = str(ctx.settings.get("matmul_precision", "highest"))
+    device_name = str(ctx.settings.get("device_name", ""))
+    for role in fns:
+        precision = compute_precision(method if role == "candidate" else None, artifact.dtype, matmul)
+        figures = roofline_metrics(role, count.flops, p50_ms[role], cfg.peak(device_name, precision))
+        metrics.update(figures.metrics)
+        for note in figures.notes:
+            ctx.warn("benchmark.peak", note)
+    return metrics
+
+
+def pictures(cfg: profiling.ProfileConfig, sizes: list[dict[str, Any]], rows: list[dict[str, Any]],
+             roles: int, ctx: RunContext) -> dict[str, Path]:
+    """Raw samples as CSV (always); the histogram and, for several batch sizes, latency vs batch."""
+    files = {"benchmark.samples_csv": plots.samples_csv(sizes, ctx.path("benchmark", "latency_samples.csv"))}
+    if cfg.plots:
+        files["benchmark.histogram"] = plots.latency_histogram(sizes[0]["samples_ms"],
+                                                               ctx.path("benchmark", "latency_histogram.png"))
+        if len(rows) > roles:   # more than one batch size
+            files["benchmark.latency_vs_batch"] = plots.latency_vs_batch(
+                rows, ctx.path("benchmark", "latency_vs_batch.png"))
+    return files

@@ -1,0 +1,307 @@
+"""benchmark: latency of the optimized model and the baseline, measured alike in one run,
+plus how far the optimized model's outputs and task metric moved from the baseline's.
+
+The protocol (ptflow.measure.protocol) warms each model up until its timing settles, then times
+baseline and candidate interleaved until the median's confidence interval is tight; the
+speedup is a paired ratio with a bootstrap CI (ptflow.measure.stats). Timing lives in
+timing.py beside it; this file holds the config, the plan-time checks and the verdicts.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ptflow.measure import device_info, device_lock
+from ptflow.decide import fidelity
+from ptflow.decide.accuracy import AccuracyConfig, judge
+from ptflow.core.artifact import RUNNABLE, Artifact, Form
+from ptflow.core.errors import ConfigError, InputError, Problem, first_line
+from ptflow.core.files import write_atomic
+from ptflow.core.spec import call, flatten_outputs, select_output
+from ptflow.core.stage import Environment, Note, RunContext, register_stage
+from ptflow.measure.stats import Stability, classify
+from ptflow.stages.benchmark.passes import pictures, untimed
+from ptflow.stages.benchmark.profile import ProfileConfig
+from ptflow.stages.benchmark.timing import ROLES, Mode, SizeResult, dispersions, measure_size, protocol_for, resized
+
+CUDA_INFLIGHT = 2      # benchmark.inflight=null on CUDA: one batch copies while the one before computes
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig(ProfileConfig):   # + memory, flops, peak_tflops, profile*, plots: the untimed passes
+    mode: Mode = Mode.LATENCY
+    batch: int = 0                # which eval batch to time (and to slice or repeat for batch_sizes)
+    batch_sizes: tuple[int, ...] | None = None   # null: the eval batch's size
+    baseline: bool = True
+    fidelity: bool = True
+    warmup: int = 10              # warm-up: at least this many calls per model ...
+    warmup_s: float = 0.2         # ... and this many seconds, then until the rolling median settles
+    warmup_max_s: float = 10.0
+    settle: float = 0.02
+    iters: int = 100              # timed: at least this many samples per model ...
+    min_time_s: float = 0.5       # ... and this many seconds, then until the median's CI is tight
+    max_time_s: float = 10.0
+    ci_target: float = 0.02
+    block_s: float = 0.001
+    turn_samples: int = 10        # samples of one model in a row, after untimed re-warm calls
+    inflight: int | None = None   # throughput mode: batches in flight (null: 2 on CUDA, 1 on CPU)
+    max_dispersion: float = 0.10  # IQR/median above this: unstable
+    invalid_dispersion: float = 0.25   # IQR/median above this: invalid
+    lock: bool = True             # one timed section per device (cores / GPU) at a time, across processes
+    rounds: int | None = None     # removed: baseline and candidate now alternate in turns
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        problems = []
+        if self.rounds is not None:
+            problems.append(Problem("rounds", self.rounds, "no value: the key was removed",
+                                    "baseline and candidate now alternate in short turns of benchmark.turn_samples "
+                                    "samples (A B, B A, ...) until the median's CI is tight; set benchmark.iters "
+                                    "(the minimum samples) and drop benchmark.rounds"))
+        for key, low in (("warmup", 0), ("iters", 2), ("batch", 0), ("turn_samples", 1)):
+            if getattr(self, key) < low:
+                problems.append(Problem(key, getattr(self, key), f"an integer >= {low}"))
+        for key, example in (("warmup_max_s", "10"), ("max_time_s", "10"), ("settle", "0.02"),
+                             ("ci_target", "0.02"), ("max_dispersion", "0.10"), ("invalid_dispersion", "0.25")):
+            if not getattr(self, key) > 0:   # also rejects NaN
+                problems.append(Problem(key, getattr(self, key), f"a number > 0, e.g. {example}"))
+        for key in ("warmup_s", "min_time_s", "block_s"):
+            if not getattr(self, key) >= 0:
+                problems.append(Problem(key, getattr(self, key), "a number >= 0 (seconds)"))
+        for low, high in (("warmup_s", "warmup_max_s"), ("min_time_s", "max_time_s")):
+            if getattr(self, low) > getattr(self, high):
+                problems.append(Problem(high, getattr(self, high), f"at least {low} ({getattr(self, low):g})"))
+        problems.extend(_batch_size_problems(self.batch_sizes))
+        if self.inflight is not None and self.inflight < 1:
+            problems.append(Problem("inflight", self.inflight, "null or an integer >= 1 (batches in flight)"))
+        if problems:
+            raise ConfigError(problems)
+
+
+def _batch_size_problems(batch_sizes: tuple[int, ...] | None) -> list[Problem]:
+    if batch_sizes is None:
+        return []
+    sizes = list(batch_sizes)
+    wrong = ("an empty list times nothing: null times the eval batch" if not sizes else
+             ", ".join(f"{size} is not a batch size" for size in sizes if size < 1) or
+             ", ".join(f"{size} is listed twice" for size in sorted(set(sizes)) if sizes.count(size) > 1))
+    return [Problem("batch_sizes", sizes, "null (the eval batch's size) or a list of distinct batch sizes >= 1, "
+                    "e.g. [1, 8, 64] (the first is the headline)", wrong)] if wrong else []
+
+
+@dataclass(frozen=True)
+class BenchmarkStageConfig:
+    benchmark: BenchmarkConfig
+    accuracy: AccuracyConfig
+
+
+@register_stage("benchmark", config=BenchmarkStageConfig, keys=("benchmark", "accuracy"))
+class BenchmarkStage:
+    """Time baseline and candidate alike; score output fidelity; judge the accuracy change.
+
+    Warm-up until stable, interleaved samples and a paired speedup make the timings
+    comparable; accuracy.max_drop is the gate."""
+
+    requires = frozenset({"baseline"})
+    provides = frozenset({"latency"})
+
+    def __init__(self, config: BenchmarkStageConfig):
+        self.config = config.benchmark
+        self.accuracy = config.accuracy
+
+    def consumes(self) -> frozenset[Form]:
+        return RUNNABLE
+
+    def produces(self, given: Form | None) -> Form:
+        return given
+
+    def preflight(self, env: Environment) -> list[Problem]:
+        cfg, problems = self.config, []
+        metric = (env.config.get("data") or {}).get("metric")
+        if self.accuracy.enforce and not (cfg.fidelity and metric):
+            problems.append(Problem("accuracy.enforce", True, "a pipeline that measures the task metric's change: "
+                                    "benchmark.fidelity=true and a data.metric", "or set accuracy.enforce=false"))
+        if cfg.batch_sizes is not None and (env.config.get("data") or {}).get("dynamic_batch") is False:
+            problems.append(Problem("benchmark.batch_sizes", list(cfg.batch_sizes), "null while data.dynamic_batch=false "
+                                    "(the model's batch dim is fixed)",
+                                    "set data.dynamic_batch=true, or benchmark.batch_sizes=null"))
+        if cfg.mode is Mode.THROUGHPUT and env.device_type != "cuda" and (cfg.inflight or 1) > 1:
+            problems.append(Problem("benchmark.inflight", cfg.inflight, f"null or 1 on device={env.device_type}: CPU calls "
+                                    "run to completion before they return, so there is no copy or compute to "
+                                    "overlap", "set benchmark.inflight=null, or device=cuda"))
+        problems.extend(cfg.problems(env.device_type))
+        return problems
+
+    def explain(self, env: Environment) -> list[Note]:
+        cfg = self.config
+        sizes = f"batch sizes {list(cfg.batch_sizes)}" if cfg.batch_sizes else f"eval batch {cfg.batch}"
+        roles = f"baseline and candidate in alternating turns of {cfg.turn_samples}" if cfg.baseline \
+            else f"the candidate in turns of {cfg.turn_samples}"
+        how = "" if cfg.mode is Mode.LATENCY else \
+            f", {self.inflight(env.device_type)} batch(es) in flight, no per-call sync"
+        return [Note(f"{cfg.mode} on {sizes}{how}: warm-up >= {cfg.warmup} calls and {cfg.warmup_s:g} s until "
+                     f"the median settles within {cfg.settle * 100:g}% (<= {cfg.warmup_max_s:g} s); then {roles}, "
+                     f">= {cfg.iters} samples and {cfg.min_time_s:g} s until the median's 95% CI is within "
+                     f"±{cfg.ci_target * 100:g}% (<= {cfg.max_time_s:g} s)")]
+
+    def inflight(self, device_type: str) -> int:
+        if self.config.inflight is not None:
+            return self.config.inflight
+        return CUDA_INFLIGHT if device_type == "cuda" else 1
+
+    def run(self, artifact: Artifact, ctx: RunContext) -> Artifact:
+        cfg = self.config
+        if cfg.batch >= len(artifact.batches):
+            raise InputError(f"benchmark.batch={cfg.batch} but the data has {len(artifact.batches)} "
+                             f"eval batch(es); pick 0..{len(artifact.batches) - 1}")
+        results, timing = self._time(artifact, ctx)
+        metrics = {**results[0].headline_metrics(), **timing}
+        if cfg.batch_sizes is not None:
+            for result in results:
+                metrics.update(result.size_metrics())
+        stability = self._stability(results, metrics, ctx)
+        result = artifact.with_tags({"benchmark.stability": str(stability)})
+        headline = results[0]
+        models = self._models(artifact)
+        inputs = resized(artifact.batches[cfg.batch].inputs, artifact.inputs, headline.batch_size)
+        # after timing, outside the lock: probes slow the calls they watch (each pass runs in inference_mode)
+        extra, files = untimed(cfg, artifact, models, inputs, {role: headline.stats[role].p50_ms for role in models},
+                               ctx)
+        metrics.update(extra)
+        if cfg.fidelity:
+            metrics.update(_fidelity(artifact, ctx))
+            result = self._judge(result, metrics, ctx)
+        return result.with_metrics(metrics).with_files({**self._write(results, ctx), **files})
+
+    def _models(self, artifact: Artifact) -> dict[str, object]:
+        models = {"baseline": artifact.baseline.model, "candidate": artifact.model} if self.config.baseline \
+            else {"candidate": artifact.model}
+        return {role: models[role] for role in ROLES if role in models}
+
+    def _time(self, artifact: Artifact, ctx: RunContext) -> tuple[list[SizeResult], dict[str, float]]:
+        """Every batch size, the headline (first) size first; each size warmed up anew. The
+        whole timed section holds the device lock: parallel jobs build at once but time in
+        turn. Returns the results and the lock's and the GPU's figures."""
+        cfg = self.config
+        cuda = artifact.device.startswith("cuda")
+        index = int(artifact.device.partition(":")[2] or 0) if cuda else 0
+        with device_lock.timed_section(artifact.device, owner=f"{ctx.run_dir} (pid {os.getpid()})",
+                                       report=_say, enabled=cfg.lock) as held:
+            before = device_info.gpu_state(index) if cuda else {}
+            results = self._time_sizes(artifact, ctx)
+            after = device_info.gpu_state(index) if cuda else {}
+        figures = {"benchmark.lock_wait_s": held.wait_s, "benchmark.timed_start": held.acquired_at,
+                   "benchmark.timed_end": held.released_at or held.acquired_at}
+        for when, state in (("before", before), ("after", after)):
+            figures.update({f"benchmark.{k}_{when}": v for k, v in state.items() if isinstance(v, float)})
+        return results, figures
+
+    def _time_sizes(self, artifact: Artifact, ctx: RunContext) -> list[SizeResult]:
+        cfg = self.config
+        eval_inputs = artifact.batches[cfg.batch].inputs
+        models = self._models(artifact)
+        device_type = artifact.device.split(":")[0]
+        inflight = self.inflight(device_type)
+        protocol = protocol_for(cfg, artifact.device, cfg.mode, inflight)
+        results = []
+        with torch.inference_mode():
+            for size in cfg.batch_sizes or (eval_inputs.batch_size(),):
+                if device_type == "cuda":   # each size starts from an empty cache, not the last size's blocks
+                    torch.cuda.empty_cache()
+                inputs = resized(eval_inputs, artifact.inputs, size)
+                try:
+                    results.append(measure_size(models, inputs, artifact.device, cfg.mode, inflight, protocol,
+                                                ctx.progress, ctx.seed))
+                except Exception as error:
+                    if size == eval_inputs.batch_size():
+                        raise
+                    raise InputError(f"benchmark.batch_sizes: timing batch size {size} failed "
+                                     f"({type(error).__name__}: {first_line(error)}); if the {artifact.form} model "
+                                     f"takes no other batch size than the eval batch's {eval_inputs.batch_size()}, "
+                                     "set benchmark.batch_sizes=null") from error
+        return results
+
+    def _stability(self, results: list[SizeResult], metrics: dict[str, float], ctx: RunContext) -> Stability:
+        """Classify every timing by IQR/median; record it, and warn unless stable."""
+        cfg = self.config
+        verdict, noisy = classify(dispersions(results, cfg.batch_sizes is not None), cfg.max_dispersion,
+                                  cfg.invalid_dispersion)
+        metrics["benchmark.unstable"] = float(verdict is not Stability.STABLE)
+        metrics["benchmark.invalid"] = float(verdict is Stability.INVALID)
+        if verdict is not Stability.STABLE:
+            ctx.warn(f"benchmark.{verdict}", stability_warning(verdict, noisy, cfg, ctx.settings.get("threads")))
+        return verdict
+
+    def _write(self, results: list[SizeResult], ctx: RunContext) -> dict[str, Path]:
+        samples = ctx.path("benchmark", "latency_samples.json")
+        write_atomic(samples, json.dumps({"unit": "ms per call", "mode": str(self.config.mode),
+                                          "sizes": [r.samples_record() for r in results]}))
+        sizes = ctx.path("benchmark", "batch_sizes.json")
+        rows = [row for r in results for row in r.rows()]
+        write_atomic(sizes, json.dumps(rows, indent=1))
+        drawn = pictures(self.config, [r.samples_record() for r in results], rows, len(results[0].stats), ctx)
+        return {"latency_samples": samples, "batch_sizes": sizes, **drawn}
+
+    def _judge(self, artifact: Artifact, metrics: dict[str, float], ctx: RunContext) -> Artifact:
+        """The accuracy gate: tag accepted=true|false; with accuracy.enforce, reject the run."""
+        baseline = artifact.baseline
+        if baseline is None or baseline.metric_name is None:
+            return artifact
+        name = baseline.metric_name
+        verdict = judge(self.accuracy, name, baseline.metric, metrics[f"benchmark.{name}"],
+                        fidelity.metric(name).higher_is_better)
+        metrics.update(verdict.metrics())
+        tagged = artifact.with_tags({"accepted": "true" if verdict.accepted else "false"})
+        if verdict.accepted:
+            return tagged
+        if self.accuracy.enforce:
+            return tagged.evolve(rejected=f"accuracy gate: {verdict.explain()}; the recipe is rejected "
+                                          "and nothing is exported (accuracy.enforce=true)")
+        ctx.warn("accuracy", f"{verdict.explain()}: tagged accepted=false")
+        return tagged
+
+
+def _say(text: str) -> None:
+    print(f"ptflow: benchmark {text}", file=sys.stderr, flush=True)
+
+
+def stability_warning(verdict: Stability, noisy: Mapping[str, float], cfg: BenchmarkConfig,
+                      threads: object = None) -> str:
+    """What an unstable or invalid verdict means and what to do about it."""
+    found = ", ".join(f"{name} {value:.2f}" for name, value in sorted(noisy.items()))
+    advice = ["on a quieter machine"]
+    if threads != 1:   # one intra-op thread cannot spin-wait on a descheduled sibling
+        advice.append("with device.threads=1" + (f" (now {threads})" if threads is not None else ""))
+    rerun = f"Rerun {' or '.join(advice)}"
+    if verdict is Stability.INVALID:
+        return (f"timings are invalid: IQR/median of {found} exceeds benchmark.invalid_dispersion="
+                f"{cfg.invalid_dispersion:g}; this run's latencies and speedups are not a measurement "
+                f"(tag benchmark.stability=invalid: comparisons leave it out). {rerun}")
+    return (f"timings are unstable: IQR/median of {found} exceeds benchmark.max_dispersion="
+            f"{cfg.max_dispersion:g}; latencies and speedups from this run may be off (see their CIs). {rerun}")
+
+
+def _fidelity(artifact: Artifact, ctx: RunContext) -> dict[str, float]:
+    baseline = artifact.baseline
+    leaves, task_outputs = [], []
+    with torch.inference_mode():
+        for batch in ctx.progress(artifact.batches, desc="fidelity", unit="batch"):
+            result = call(artifact.model, batch.inputs)
+            leaves.append(fidelity.detach_leaves(flatten_outputs(result)))
+            task_outputs.append(select_output(result, artifact.output_key).detach().float().cpu())
+    try:
+        metrics = {f"benchmark.{k}": v for k, v in
+                   fidelity.agreement(baseline.outputs, leaves, baseline.task_output, task_outputs).items()}
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    if baseline.metric_name is not None:
+        value = fidelity.metric(baseline.metric_name).fn(task_outputs, [b.target for b in artifact.batches])
+        metrics[f"benchmark.{baseline.metric_name}"] = value
+        metrics[f"benchmark.{baseline.metric_name}_delta"] = value - baseline.metric
+    return metrics

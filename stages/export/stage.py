@@ -1,0 +1,334 @@
+"""export: write the model in every format of `export.formats`, each file checked, then manifest.json.
+
+Each format is a registered writer (``registry.py`` beside this module). Every file is written
+under a temporary name, reloaded into a fresh object and run on every eval batch (and a
+second size of each dynamic dim) against the in-memory model; only when every format
+passed are they renamed into place, and the manifest is written last: a manifest next to
+the files means all of them are complete and checked. If any format fails, none is kept.
+An input example with the outputs it gives (``<name>.example.safetensors``) goes with them.
+
+The stage never talks to MLflow: the tracker logs the pt2 (and onnx) file as an MLflow
+model from the manifest once the run has finished, and registers it when
+``export.register_as`` names a registered model.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import json
+import os
+import platform
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ptflow.core.artifact import Artifact, Form
+from ptflow.core.errors import ConfigError, InputError, Problem, invalid_choice
+from ptflow.core.files import creatable_dir_problem, partial_file, sha256_file, write_atomic
+from ptflow.core.spec import BATCH_DIM, ModelInputs, call, export_example, flatten_outputs
+from ptflow.core.stage import Environment, RunContext, register_stage
+from ptflow.stages.export.example import write_example
+from ptflow.stages.export.registry import (TENSOR_SUBCLASS_RECIPES, ExportFormat, ExportJob, formats,
+                                          output_packages, register_output_types)
+from ptflow.core.targets import resolve_path
+
+TORCH_EXPORT_FORMS = frozenset(Form)   # minus what a chosen format refuses (consumes())
+MLFLOW_MODEL_FORMATS = ("pt2", "onnx")  # logged as MLflow models; register_as registers the first present
+_REGISTERED_NAME = re.compile(r"^[A-Za-z0-9][\w.\- ]{0,254}$")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    formats: tuple[str, ...] = ("pt2",)
+    dir: str | None = None        # null: <run dir>/export
+    name: str = "model"           # file stem: <name>.pt2, <name>.onnx, ...
+    strict: bool = False          # torch.export strict (TorchDynamo) tracing
+    verify: bool = True           # reload each file and compare it with the in-memory model
+    tolerance: dict[str, float] = field(default_factory=dict)   # per format; absent: the format's default
+    opset: int | None = None      # ONNX opset; null: the exporter's default
+    register_as: str | None = None   # register the MLflow model (pt2, else onnx) under this name
+    format: str | None = None     # removed (was the single format): kept only to say what replaced it
+
+    def __post_init__(self) -> None:
+        if self.format is not None:
+            raise ConfigError.single("format", self.format, "no value: the key was removed",
+                                     f"replaced by export.formats=[{self.format}] (a list: several formats "
+                                     "in one run)")
+        known = formats()
+        if not self.formats:
+            raise ConfigError.single("formats", [], "a non-empty list, e.g. [pt2]",
+                                     "drop 'export' from the pipeline to export nothing")
+        for name in self.formats:
+            if name not in known:
+                raise invalid_choice("formats", name, sorted(known))
+        if len(set(self.formats)) != len(self.formats):
+            raise ConfigError.single("formats", list(self.formats), "each format once")
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ConfigError.single("name", self.name, "a plain file stem such as 'model'")
+        for name, value in self.tolerance.items():
+            if name not in known:
+                raise invalid_choice(f"tolerance.{name}", name, sorted(known))
+            if not value >= 0:   # also rejects NaN
+                raise ConfigError.single(f"tolerance.{name}", value, "a tolerance >= 0, e.g. 1e-4",
+                                         "set export.verify=false to skip the check instead")
+        if self.opset is not None and not 7 <= self.opset <= 30:
+            raise ConfigError.single("opset", self.opset, "an ONNX opset such as 18, or null")
+        if self.register_as is not None:
+            if not _REGISTERED_NAME.match(str(self.register_as)):
+                raise ConfigError.single("register_as", self.register_as,
+                                         "a registered model name: letters, digits, '_', '-', '.', spaces "
+                                         "(e.g. digits-classifier), or null")
+            if not any(name in MLFLOW_MODEL_FORMATS for name in self.formats):
+                raise ConfigError.single("register_as", self.register_as,
+                                         f"a format MLflow can register in export.formats ({' or '.join(MLFLOW_MODEL_FORMATS)})",
+                                         f"add pt2: export.formats=[pt2,{','.join(self.formats)}]")
+
+    def tolerance_of(self, fmt: ExportFormat) -> float:
+        return float(self.tolerance.get(fmt.name, fmt.tolerance))
+
+
+@register_stage("export", config=ExportConfig)
+class ExportStage:
+    """Export to every format in export.formats (dynamic dims kept), reload and check each, write manifest.json."""
+
+    requires = frozenset()
+    provides = frozenset({"export"})
+
+    def __init__(self, config: ExportConfig):
+        self.config = config
+        self.formats = [formats()[name] for name in config.formats]
+
+    def consumes(self) -> frozenset[Form]:
+        return frozenset(f for f in TORCH_EXPORT_FORMS if not any(f in fmt.refuses for fmt in self.formats))
+
+    def refusal(self, given: Form) -> str | None:
+        reasons = [f"export.formats={fmt.name} {fmt.refuses[given]}" for fmt in self.formats if given in fmt.refuses]
+        return "; ".join(reasons) or None
+
+    def produces(self, given: Form | None) -> Form:
+        # the reloaded .pt2 program goes on when there is one; otherwise the model is unchanged
+        return Form.EXPORTED if "pt2" in self.config.formats else (given or Form.EAGER)
+
+    def preflight(self, env: Environment) -> list[Problem]:
+        problems = []
+        method = env.quantize_method_before("export")
+        for fmt in self.formats:
+            if method in fmt.refuses_recipes:
+                problems.append(Problem("export.formats", fmt.name, f"a format that can follow quantize={method}",
+                                        fmt.refuses_recipes[method]))
+        if self.config.register_as is not None:
+            tracking = env.config.get("tracking") or {}
+            if tracking.get("backend") != "mlflow" or not tracking.get("log_models", True):
+                problems.append(Problem("export.register_as", self.config.register_as,
+                                        "tracking=mlflow with tracking.log_models=true (the registry is MLflow's)",
+                                        "drop export.register_as, or use tracking=mlflow"))
+        if self.config.dir:
+            reason = creatable_dir_problem(resolve_path(self.config.dir))
+            if reason:
+                problems.append(Problem("export.dir", self.config.dir, "a directory ptflow can create and write",
+                                        f"{reason}; pick another export.dir, or null for <run dir>/export"))
+        return problems
+
+    def run(self, artifact: Artifact, ctx: RunContext) -> Artifact:
+        out_dir = resolve_path(self.config.dir) if self.config.dir else ctx.run_dir / "export"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with torch.inference_mode():
+            sample_output = call(artifact.module, artifact.example.inputs)
+        register_output_types(sample_output)
+        traced, shapes = export_example(artifact.inputs, artifact.example.inputs)
+        job = ExportJob(artifact.module, artifact, ctx, traced, shapes, self.config.strict, self.config.opset)
+        checks = _check_inputs(artifact)
+        expected = _expected_outputs(artifact.module, checks)
+        manifest_path = out_dir / "manifest.json"
+        metrics: dict[str, float] = {}
+        entries: list[dict[str, Any]] = []
+        moves: list[tuple[Path, Path]] = []
+        reloaded_program = None
+        with contextlib.ExitStack() as stack:
+            for fmt in self.formats:
+                target = out_dir / f"{self.config.name}{fmt.suffix}"
+                # the partial keeps the final suffix (torch.export and AOTI want .pt2)
+                partial = stack.enter_context(partial_file(
+                    out_dir / f".{self.config.name}.partial-{os.getpid()}{fmt.suffix}"))
+                entry, reloaded = self._write_one(fmt, job, partial, target, checks, expected)
+                if fmt.name == "pt2":
+                    reloaded_program = reloaded
+                metrics.update({f"export.{fmt.name}.{k}": v for k, v in entry["metrics"].items()})
+                entries.append(entry)
+                moves.append((partial, target))
+            example_target = out_dir / f"{self.config.name}.example.safetensors"
+            example_partial = stack.enter_context(partial_file(
+                out_dir / f".{self.config.name}.partial-{os.getpid()}.example.safetensors"))
+            example = write_example(example_partial, artifact, artifact.module, expected)
+            example.update(file=example_target.name, sha256=sha256_file(example_partial))
+            moves.append((example_partial, example_target))
+            first = self.formats[0].name   # the run's headline export metrics: the first format's
+            metrics.update({f"export.{k}": metrics[f"export.{first}.{k}"]
+                            for k in ("export_s", "size_mb", "reload_max_abs_error")})
+            manifest = _manifest(artifact, ctx, entries, sample_output, {**artifact.metrics, **metrics})
+            manifest.update(example=example, register_as=self.config.register_as)
+            # All complete and checked: they may take their final names. Until here an earlier
+            # export in this dir stayed intact; from here its manifest must not vouch for new files.
+            manifest_path.unlink(missing_ok=True)
+            for partial, target in moves:
+                os.replace(partial, target)
+        try:
+            write_atomic(manifest_path, json.dumps(manifest, indent=2, default=str) + "\n")
+        except BaseException:
+            for _, target in moves:   # no manifest, no files: never leave them looking complete
+                target.unlink(missing_ok=True)
+            raise
+        files = {f"export.{fmt.name}": target for fmt, (_, target) in zip(self.formats, moves)}
+        files["export.example"] = example_target
+        files["export.manifest"] = manifest_path
+        if reloaded_program is not None:
+            artifact = artifact.evolve(model=reloaded_program, module=reloaded_program, form=Form.EXPORTED)
+        return artifact.with_metrics(metrics).with_files(files)
+
+    def _write_one(self, fmt: ExportFormat, job: ExportJob, partial: Path, target: Path,
+                   checks: list[ModelInputs], expected: list[list[torch.Tensor]]) -> tuple[dict[str, Any], Any]:
+        """Write one format to `partial`, reload it fresh and compare; its manifest entry."""
+        started = time.perf_counter()
+        _check_free_space(partial, _expected_mb(job.artifact))
+        try:
+            extra = fmt.write(job, partial)
+            export_s = time.perf_counter() - started
+            error, reloaded = float("nan"), None
+            if self.config.verify:
+                runner = fmt.load(partial, job)
+                error = _max_abs_error(runner, checks, expected, fmt.name)
+                reloaded = getattr(runner, "module", None)
+        except (OSError, InputError):
+            raise
+        except Exception as error_:   # name the format: the stage name alone does not say which failed
+            raise InputError(f"export.formats={fmt.name}: writing or reloading the {fmt.name} file failed "
+                             f"({type(error_).__name__}: {str(error_).strip().splitlines()[0] if str(error_).strip() else ''})"
+                             f"; drop '{fmt.name}' from export.formats, or see the log for the traceback") from error_
+        tolerance = self.config.tolerance_of(fmt)
+        if error > tolerance:
+            raise InputError(f"export.formats={fmt.name}: the reloaded file differs from the model by {error:.3g} "
+                             f"(export.tolerance.{fmt.name}={tolerance}); the export is not faithful. If the "
+                             "runtime's kernels are expected to differ (int8 or half precision in another "
+                             f"runtime), raise export.tolerance.{fmt.name} to a bound you accept")
+        if reloaded is None and fmt.name == "pt2":
+            reloaded = job.program().module()
+        size = partial.stat().st_size
+        entry = {"format": fmt.name, "file": target.name, "sha256": sha256_file(partial), "size_bytes": size,
+                 "load": fmt.load_hint.format(file=target.name), "tolerance": tolerance,
+                 "versions": _package_versions(fmt.packages), **extra,
+                 "metrics": {"export_s": export_s, "size_mb": size / 1e6, "reload_max_abs_error": error}}
+        return entry, reloaded
+
+
+def _check_inputs(artifact: Artifact) -> list[ModelInputs]:
+    """Every eval batch, plus the example with each dynamic dim at another size (batch: one row)."""
+    checks = [b.inputs for b in artifact.batches]
+    example = artifact.example.inputs
+    labels: dict[str, None] = {}
+    for tensor in artifact.inputs.tensors:
+        labels.update(dict.fromkeys(tensor.dynamic_dims().values()))
+    for label in labels:
+        checks.append(_resized(artifact, example, label))
+    return checks
+
+
+def _resized(artifact: Artifact, example: ModelInputs, label: str) -> ModelInputs:
+    by_name = {t.name: t for t in artifact.inputs.tensors}
+    names = [name for name, _ in example.named([t.name for t in artifact.inputs.tensors[:len(example.args)]])]
+    sliced = []
+    for name, tensor in zip(names, list(example.args) + list(example.kwargs.values())):
+        spec = by_name.get(name)
+        for dim, dim_label in (spec.dynamic_dims().items() if spec else ()):
+            if dim_label == label:
+                size = tensor.shape[dim]
+                keep = 1 if label == BATCH_DIM else max(1, size - 1)
+                tensor = tensor.narrow(dim, 0, keep)
+        sliced.append(tensor)
+    args, kwargs = sliced[:len(example.args)], sliced[len(example.args):]
+    return ModelInputs(tuple(args), dict(zip(example.kwargs, kwargs)))
+
+
+def _expected_outputs(module: Any, checks: list[ModelInputs]) -> list[list[torch.Tensor]]:
+    with torch.inference_mode():
+        return [[t for _, t in flatten_outputs(call(module, inputs))] for inputs in checks]
+
+
+def _max_abs_error(runner: Any, checks: list[ModelInputs], expected: list[list[torch.Tensor]], name: str) -> float:
+    """Max abs difference, reloaded file vs in-memory module, over every check input."""
+    worst = 0.0
+    with torch.inference_mode():
+        for inputs, want in zip(checks, expected):
+            got = [t for _, t in flatten_outputs(runner(inputs))]
+            if len(got) != len(want):
+                raise InputError(f"export.formats={name}: the reloaded file returns {len(got)} output tensor(s), "
+                                 f"the model {len(want)}")
+            for a, b in zip(want, got):
+                if a.shape != b.shape:
+                    raise InputError(f"export.formats={name}: the reloaded file returns shape {tuple(b.shape)} "
+                                     f"where the model returns {tuple(a.shape)} (inputs "
+                                     f"{[tuple(t.shape) for t in list(inputs.args) + list(inputs.kwargs.values())]}); "
+                                     "a dynamic dim was baked in")
+                worst = max(worst, float((a.float() - b.float()).abs().max()) if a.numel() else 0.0)
+    return worst
+
+
+def _expected_mb(artifact: Artifact) -> float:
+    m = artifact.metrics
+    return next((m[k] for k in ("quantize.size_mb", "load.size_mb") if k in m), 0.0)
+
+
+def _check_free_space(path: Path, expected_mb: float) -> None:
+    """A disk that is already too full fails at once, naming the path."""
+    free_mb = shutil.disk_usage(path.parent).free / 1e6
+    if expected_mb and free_mb < expected_mb * 1.1:
+        raise OSError(errno.ENOSPC, f"{free_mb:.1f} MB free, the export needs about {expected_mb:.1f} MB",
+                      str(path))
+
+
+def _package_versions(packages: tuple[str, ...]) -> dict[str, str]:
+    versions = {}
+    for package in packages:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            if package == "torch":
+                versions[package] = torch.__version__
+    return versions
+
+
+def _manifest(artifact: Artifact, ctx: RunContext, entries: list[dict[str, Any]], sample_output: object,
+              metrics: dict[str, float]) -> dict[str, Any]:
+    """Every file with what loading it needs; the inputs (str shapes = dynamic dims) and the run."""
+    extra = sorted(output_packages(sample_output))   # e.g. transformers: its output classes
+    subclassed = any(r.name == "quantize" and r.config.get("method") in TENSOR_SUBCLASS_RECIPES
+                     for r in artifact.lineage)
+    for entry in entries:
+        entry["versions"].update(_package_versions(tuple(extra)))
+        if subclassed and entry["format"] in ("pt2", "aoti"):   # torchao's ops: loading imports it
+            entry["versions"].update(_package_versions(("torchao",)))
+    return {
+        "files": entries,
+        "source_form": artifact.form.value,
+        "inputs": artifact.inputs.describe(),
+        "dynamic_dims": sorted({label for t in artifact.inputs.tensors for label in t.dynamic_dims().values()}),
+        "outputs": [path for path, _ in artifact.baseline.outputs[0]] if artifact.baseline else None,
+        "output_packages": extra,
+        "config_hash": ctx.config_hash,
+        "lineage": [{"stage": r.name, "config": r.config} for r in artifact.lineage],
+        "versions": {"python": platform.python_version(),
+                     **_package_versions(("torch", "torchao", "ptflow"))},
+        "device": ctx.settings,
+        "metrics": {k: v for k, v in sorted(metrics.items()) if not k.endswith("duration_s")},
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+# The formats ptflow ships (each module registers its own with @export_format).
+from ptflow.stages.export import portable, torch_formats  # noqa: E402,F401
