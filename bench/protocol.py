@@ -36,9 +36,9 @@ def in_process(threads: int, rounds: int) -> None:
     import torch
     from torch.utils import benchmark as torch_benchmark
 
-    from ptflow.measure import device
-    from ptflow.core import engine
     from ptflow.app.settings import compile_plan
+    from ptflow.core import engine
+    from ptflow.measure import device
     from ptflow.stages.benchmark.timing import Mode, measure_size, protocol_for
     from tests.conftest import compose, make_context
 

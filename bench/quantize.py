@@ -21,12 +21,12 @@ MODELS = {"mlp": [], "cnn": ["experiment=digits_cnn"], "transformer": ["experime
 
 
 def run_one(overrides: list[str], run_dir: Path) -> dict[str, float]:
-    from ptflow.measure import device
-    from ptflow.core import engine
     from ptflow.app.args import CONFIG_DIR
     from ptflow.app.overrides import Source, compose_config
     from ptflow.app.settings import compile_plan
+    from ptflow.core import engine
     from ptflow.core.stage import RunContext
+    from ptflow.measure import device
 
     config, choices = compose_config(Source(CONFIG_DIR), overrides, resolve=True)
     plan = compile_plan(config, choices)

@@ -10,20 +10,20 @@ from typing import Any
 
 import torch
 
-from ptflow.decide import fidelity
 from ptflow.core.artifact import Artifact, DataContext, Form
-from ptflow.inputs.data import as_split, check_keywords, fit_to_program, forward_names, make_batches
-from ptflow.inputs.dataset_info import describe_data
 from ptflow.core.errors import ConfigError, InputError, Problem, invalid_choice
 from ptflow.core.spec import Batch
-from ptflow.measure.modelinfo import dtype_of, parameter_count, model_size_mb
-from ptflow.inputs.state_dicts import (Warn, casts, partial_load_message, check_keys, read_weights,
-                                select_state_dict)
 from ptflow.core.stage import Environment, Note, RunContext, ignore_warning, register_stage
 from ptflow.core.targets import check_target, instantiate, resolve_path, traits_of
+from ptflow.decide import fidelity
+from ptflow.inputs.data import as_split, check_keywords, fit_to_program, forward_names, make_batches
+from ptflow.inputs.dataset_info import describe_data
+from ptflow.inputs.state_dicts import (Warn, casts, partial_load_message, check_keys, read_weights,
+                                select_state_dict)
 from ptflow.inputs.weights import (SAFETENSORS, TORCH_FORMATS, ModelFormat, ProgramSignature, describe_format,
                             expected_format, file_problem, fix_hint, read_program,
                             read_torchscript, safety_problem, sniff)
+from ptflow.measure.modelinfo import dtype_of, parameter_count, model_size_mb
 
 # Files that hold their architecture with their weights: no builder, and a form of their own.
 FORMS = {ModelFormat.TORCHSCRIPT: Form.SCRIPTED, ModelFormat.PT2: Form.EXPORTED}

@@ -7,11 +7,11 @@ from typing import Any
 
 import torch
 
-from ptflow.decide import fidelity
 from ptflow.core.artifact import Artifact, Baseline, Form
 from ptflow.core.errors import ConfigError, InputError, Problem
 from ptflow.core.spec import call, flatten_outputs, select_output
 from ptflow.core.stage import Environment, RunContext, register_stage
+from ptflow.decide import fidelity
 
 
 @dataclass(frozen=True)

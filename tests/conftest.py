@@ -87,9 +87,9 @@ def compose(*overrides: str) -> tuple[dict, dict]:
 
 def make_context(run_dir: Path, plan):
     """A RunContext like the job runner's, for running plans in-process."""
-    from ptflow.measure import device
     from ptflow.core import engine
     from ptflow.core.stage import RunContext
+    from ptflow.measure import device
 
     return RunContext(run_dir, plan.settings.device.name, plan.settings.seed, "0" * 64,
                       device.capture(plan.settings.device), engine.progress)

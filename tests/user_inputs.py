@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from ptflow.app.settings import compile_plan
 from ptflow.core import engine
 from ptflow.core.errors import ConfigError
-from ptflow.app.settings import compile_plan
 from ptflow.core.stage import RunContext
 from tests.conftest import compose
 

@@ -63,10 +63,10 @@ def _rejected(error: ConfigError) -> int:
 
 def _stopped(error: BaseException) -> int:
     """One line for the console after SIGINT/SIGTERM; every run left RUNNING is closed."""
-    from ptflow.core import lifecycle
     from ptflow.app import sweep
     from ptflow.app.job import OUTCOMES
     from ptflow.app.launch import LAUNCH
+    from ptflow.core import lifecycle
     from ptflow.runs.summary import relative
 
     stop = lifecycle.as_interrupted(error)
@@ -182,9 +182,9 @@ def _run(argv: Sequence[str]) -> int:
     if args.cfg or args.info or args.hydra_help or args.shell_completion:
         _launch(hydra_argv)            # Hydra's own answers; nothing runs
         return 0
-    from ptflow.core import lifecycle
     from ptflow.app import launch, preflight
     from ptflow.app.job import OUTCOMES
+    from ptflow.core import lifecycle
 
     lifecycle.install()
     lifecycle.reset()                  # one `ptflow` invocation, one fresh state, also in-process

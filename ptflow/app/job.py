@@ -20,18 +20,18 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from ptflow.measure import device
+from ptflow.app.settings import RunSettings, compile_plan
 from ptflow.core import engine, lifecycle
-from ptflow.runs import naming, summary
-from ptflow.decide import objective
 from ptflow.core.errors import ConfigError, PtflowError, first_line
 from ptflow.core.files import describe_disk_full, room_problem, write_atomic
-from ptflow.runs.naming import JobInfo
-from ptflow.app.settings import RunSettings, compile_plan
-from ptflow.runs.record import EXIT_TRACKING_INCOMPLETE, RESERVE_FILE, RESULT_FILE, RunRecord
 from ptflow.core.stage import RunContext
 from ptflow.core.stage_cache import StageCache
 from ptflow.core.targets import resolve_path
+from ptflow.decide import objective
+from ptflow.measure import device
+from ptflow.runs import naming, summary
+from ptflow.runs.naming import JobInfo
+from ptflow.runs.record import EXIT_TRACKING_INCOMPLETE, RESERVE_FILE, RESULT_FILE, RunRecord
 from ptflow.runs.tracker import MlflowTracker, quiet_store_logs, relog_command
 from ptflow.runs.tracking import sqlite_path, store_uri
 

@@ -17,8 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ptflow.core.errors import ConfigError, Problem, did_you_mean
 from ptflow.app.settings import RunSettings, compile_plan
+from ptflow.core.errors import ConfigError, Problem, did_you_mean
 from ptflow.core.stage import load_stages
 
 

@@ -28,12 +28,12 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from ptflow.decide import objective
 from ptflow.app import launch, sweep
-from ptflow.core.errors import ConfigError, Problem, did_you_mean, first_line
 from ptflow.app.overrides import job_config
-from ptflow.core.plan import Plan
 from ptflow.app.settings import compile_plan
+from ptflow.core.errors import ConfigError, Problem, did_you_mean, first_line
+from ptflow.core.plan import Plan
+from ptflow.decide import objective
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 PROGRESS_FROM_JOBS = 64   # show a progress bar when checking this many jobs or more

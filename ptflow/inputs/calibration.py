@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ptflow.core.artifact import Artifact, DataContext, DatasetInfo
-from ptflow.inputs.data import as_split, make_batches
-from ptflow.inputs.dataset_info import describe_data, raw_bytes
 from ptflow.core.errors import InputError
 from ptflow.core.spec import Batch
 from ptflow.core.targets import instantiate
+from ptflow.inputs.data import as_split, make_batches
+from ptflow.inputs.dataset_info import describe_data, raw_bytes
 
 
 @dataclass

@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from ptflow.inputs.data import Split
 from ptflow.core.errors import InputError, Problem, did_you_mean
 from ptflow.core.targets import builder_traits, resolve_path
+from ptflow.inputs.data import Split
 
 DTYPES = {name: getattr(torch, name) for name in (
     "float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")}

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ptflow.core.errors import InputError, Problem, did_you_mean
-from ptflow.inputs.quiet import quiet_torchao
 from ptflow.core.targets import builder_traits, resolve_path
+from ptflow.inputs.quiet import quiet_torchao
 
 INSTALL = "pip install 'ptflow[hf]'"
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "*.index.json")

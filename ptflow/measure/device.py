@@ -8,8 +8,8 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-from ptflow.measure import device_info
 from ptflow.core.errors import ConfigError, Problem
+from ptflow.measure import device_info
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 

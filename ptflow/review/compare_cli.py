@@ -229,8 +229,8 @@ def register(tracking_uri: str, row: Any, name: str) -> str:
     import mlflow
 
     from ptflow.runs.logged_model_check import Untrusted, check_logged_model
-    from ptflow.runs.mlflow_models import global_tracking_uri
     from ptflow.runs.mlflow_calls import mlflow_quiet
+    from ptflow.runs.mlflow_models import global_tracking_uri
 
     models = dict(row.model_uris)
     fmt = next((f for f in ("pt2", "onnx") if f in models), None)

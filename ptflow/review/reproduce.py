@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from ptflow.core.errors import first_line
-from ptflow.runs.record import RESULT_FILE, RunRecord
 from ptflow.review.reproduce_check import (OutputCheck, Verdict, context_lines, exit_code, headline, latency_lines,
                                     planned_checks, run_verdicts)
+from ptflow.runs.record import RESULT_FILE, RunRecord
 from ptflow.runs.tracking import StoreUnavailable, TrackingConfig, existing_store, sqlite_path, store_uri
 
 PROG = "ptflow-reproduce"

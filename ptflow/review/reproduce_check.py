@@ -275,8 +275,8 @@ def _compare(first: Any, second: Any, inputs: Any, atol: float, rtol: float) -> 
 def format_loaders(config: Mapping[str, Any]) -> dict[str, Callable[..., Any]]:
     """Each export format's registered load function, from the export stage that `config`
     plans (the stage registry: ptflow never imports a stage by name); {} if it does not plan."""
-    from ptflow.core.errors import ConfigError
     from ptflow.app.settings import compile_plan
+    from ptflow.core.errors import ConfigError
 
     try:
         plan = compile_plan(config)

@@ -27,8 +27,8 @@ from typing import Any
 
 from ptflow.core.files import CLAIM_FILE
 from ptflow.core.plan import Plan
-from ptflow.runs.record import RunRecord
 from ptflow.core.stage import load_stages
+from ptflow.runs.record import RunRecord
 
 # Top-level keys that change where or whether a run is recorded, not what it runs.
 UNNAMED_KEYS = frozenset({"hydra", "tracking", "outputs_dir", "dry_run", "plugins", "tags", "reproduces"})

@@ -23,15 +23,15 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ptflow.runs import summary
 from ptflow.core.errors import first_line
 from ptflow.core.files import describe_disk_full
+from ptflow.core.typed import to_plain
+from ptflow.runs import summary
 from ptflow.runs.mlflow_calls import mlflow_quiet, set_terminated
 from ptflow.runs.mlflow_datasets import dataset_key, mlflow_dataset
 from ptflow.runs.params import sanitize_key, to_params
 from ptflow.runs.record import RunRecord, Tracking
 from ptflow.runs.tracking import TrackingConfig, prepare, store_uri
-from ptflow.core.typed import to_plain
 
 if TYPE_CHECKING:
     from ptflow.core.artifact import Artifact, StageRecord

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ptflow.inputs.data import Split
 from ptflow.core.spec import ModelInputs, call
+from ptflow.inputs.data import Split
 from ptflow.zoo.digits import DigitsMLP, digits_images, digits_rows, digits_split
 from ptflow.zoo.digits_cnn import DigitsCNN
 from ptflow.zoo.digits_transformer import DigitsTransformer

@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from ptflow.measure import plots
 from ptflow.core.artifact import Artifact
 from ptflow.core.spec import ModelInputs, call
 from ptflow.core.stage import RunContext
+from ptflow.measure import plots
 from ptflow.stages.benchmark import profile as profiling
 from ptflow.stages.benchmark.roofline import compute_precision, flops_per_call, roofline_metrics
 

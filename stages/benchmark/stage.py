@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 
-from ptflow.measure import device_info, device_lock
-from ptflow.decide import fidelity
-from ptflow.decide.accuracy import AccuracyConfig, judge
 from ptflow.core.artifact import RUNNABLE, Artifact, Form
 from ptflow.core.errors import ConfigError, InputError, Problem, first_line
 from ptflow.core.files import write_atomic
 from ptflow.core.spec import call, flatten_outputs, select_output
 from ptflow.core.stage import Environment, Note, RunContext, register_stage
+from ptflow.decide import fidelity
+from ptflow.decide.accuracy import AccuracyConfig, judge
+from ptflow.measure import device_info, device_lock
 from ptflow.measure.stats import Stability, classify
 from ptflow.stages.benchmark.passes import pictures, untimed
 from ptflow.stages.benchmark.profile import ProfileConfig

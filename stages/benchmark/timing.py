@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from ptflow.measure import protocol as measure
 from ptflow.core.errors import InputError
 from ptflow.core.spec import BATCH_DIM, InputSpec, ModelInputs, call
+from ptflow.measure import protocol as measure
 from ptflow.measure.stats import LatencyStats, Ratio, median_ci, paired_ratio, summarize
 
 ROLES = ("baseline", "candidate")   # the order of even turns (odd turns run reversed)

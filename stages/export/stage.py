@@ -34,10 +34,10 @@ from ptflow.core.errors import ConfigError, InputError, Problem, invalid_choice
 from ptflow.core.files import creatable_dir_problem, partial_file, sha256_file, write_atomic
 from ptflow.core.spec import BATCH_DIM, ModelInputs, call, export_example, flatten_outputs
 from ptflow.core.stage import Environment, RunContext, register_stage
+from ptflow.core.targets import resolve_path
 from ptflow.stages.export.example import write_example
 from ptflow.stages.export.registry import (TENSOR_SUBCLASS_RECIPES, ExportFormat, ExportJob, formats,
                                           output_packages, register_output_types)
-from ptflow.core.targets import resolve_path
 
 TORCH_EXPORT_FORMS = frozenset(Form)   # minus what a chosen format refuses (consumes())
 MLFLOW_MODEL_FORMATS = ("pt2", "onnx")  # logged as MLflow models; register_as registers the first present

@@ -12,9 +12,9 @@ from typing import Any
 import torch
 
 from ptflow.core.artifact import Form
+from ptflow.core.spec import ModelInputs, call
 from ptflow.stages.export.registry import (TENSOR_SUBCLASS_RECIPES, ExportJob, export_format, flat_inputs,
                                           write_bytes)
-from ptflow.core.spec import ModelInputs, call
 
 _NEEDS_EXPORT = {
     Form.SCRIPTED: "needs torch.export, which cannot trace a TorchScript module: load the model from a "

@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from ptflow.inputs.calibration import cycle
 from ptflow.core.spec import call, export_example, select_output
 from ptflow.core.stage import Environment
+from ptflow.inputs.calibration import cycle
 from ptflow.stages.quantize.registry import Needs, Quantized, QuantizeJob, quantize_recipe, run_calibration
 from ptflow.stages.quantize.torchao import import_torchao
 

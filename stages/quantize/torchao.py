@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ptflow.inputs.quiet import quiet_torchao
 from ptflow.core.stage import Environment
+from ptflow.inputs.quiet import quiet_torchao
 from ptflow.stages.quantize.registry import Quantized, QuantizeJob, quantize_recipe
 
 FLOAT8_CAPABILITY = (8, 9)   # Ada / Hopper and later

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from ptflow.core import typed
 from ptflow.app.args import CONFIG_DIR
-from ptflow.core.errors import ConfigError
-from ptflow.app.settings import compile_plan
 from ptflow.app.overrides import option_groups
+from ptflow.app.settings import compile_plan
+from ptflow.core import typed
+from ptflow.core.errors import ConfigError
 from ptflow.core.stage import load_stages
 from tests.conftest import compose
 

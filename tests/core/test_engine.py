@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from ptflow.app.settings import compile_plan
 from ptflow.core import engine
 from ptflow.core.artifact import RUNNABLE, Form
 from ptflow.core.errors import StageError
-from ptflow.app.settings import compile_plan
 from ptflow.core.stage import register_stage
 from tests.conftest import compose, make_context
 

@@ -6,9 +6,9 @@ import textwrap
 
 import pytest
 
+from ptflow.app.settings import compile_plan
 from ptflow.core.artifact import Form
 from ptflow.core.errors import ConfigError
-from ptflow.app.settings import compile_plan
 from tests.conftest import compose
 
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from ptflow.core.artifact import Artifact, Form
-from ptflow.inputs.data import Split, as_split, make_batches
 from ptflow.core.errors import InputError
 from ptflow.core.spec import (
     Batch,
@@ -20,6 +19,7 @@ from ptflow.core.spec import (
     flatten_outputs,
     select_output,
 )
+from ptflow.inputs.data import Split, as_split, make_batches
 
 
 # --- ModelInputs ---------------------------------------------------------------------------

@@ -9,8 +9,8 @@ import math
 import pytest
 
 from ptflow.decide import compare as cmp
-from ptflow.review.compare_cli import run as cli
 from ptflow.decide.pareto import frontier
+from ptflow.review.compare_cli import run as cli
 
 SWEEP_OLD, SWEEP_NEW = "aaaa1111" + "0" * 24, "aaaa2222" + "0" * 24
 BASELINE = 0.9

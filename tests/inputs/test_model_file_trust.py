@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ptflow.inputs.archive_audit import checkpoint_problem, expression_problem, pickle_globals, pt2_problems
 from ptflow.core.errors import InputError
 from ptflow.core.stage import Environment
+from ptflow.inputs.archive_audit import checkpoint_problem, expression_problem, pickle_globals, pt2_problems
 from ptflow.stages.load import DataConfig, LoadConfig, LoadStage, ModelConfig, load_model
 from tests import crafted_files as crafted
 

@@ -5,10 +5,10 @@ import numpy
 import pytest
 import torch
 
-from ptflow.inputs.data import as_split
-from ptflow.inputs.datasources import random_inputs, tensor_file
 from ptflow.core.errors import InputError
 from ptflow.core.targets import check_target
+from ptflow.inputs.data import as_split
+from ptflow.inputs.datasources import random_inputs, tensor_file
 from tests.user_inputs import PIXELS, _config, _problems, _run
 
 

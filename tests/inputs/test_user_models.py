@@ -13,10 +13,10 @@ import pytest
 import torch
 from torch import nn
 
-from ptflow.core.artifact import Form
-from ptflow.inputs.data import Split
 from ptflow.app.settings import compile_plan
+from ptflow.core.artifact import Form
 from ptflow.core.targets import check_target
+from ptflow.inputs.data import Split
 from ptflow.inputs.weights import ModelFormat, sniff
 from tests.user_inputs import PIXELS, Tiny, _config, _problems, _program, _run, _scripted
 

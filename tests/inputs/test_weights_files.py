@@ -18,9 +18,9 @@ import torch
 from safetensors.torch import save, save_file
 
 from ptflow.core import engine
-from ptflow.inputs import weights
 from ptflow.core.errors import InputError
 from ptflow.core.stage import Environment, RunContext
+from ptflow.inputs import weights
 from ptflow.stages.load import DataConfig, LoadConfig, LoadStage, ModelConfig, build_model
 
 BUILDER = {"_target_": "tests.toy_models.KeywordNet", "width": 4}

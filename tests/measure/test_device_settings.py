@@ -7,10 +7,10 @@ import os
 
 import pytest
 
+from ptflow.app.settings import compile_plan
+from ptflow.core.errors import ConfigError
 from ptflow.measure import device, device_info
 from ptflow.measure.device import DeviceConfig
-from ptflow.core.errors import ConfigError
-from ptflow.app.settings import compile_plan
 from tests.conftest import compose
 
 

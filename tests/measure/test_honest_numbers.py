@@ -9,16 +9,16 @@ import pytest
 import torch
 from torch import nn
 
-from ptflow.measure import device, protocol as measure, stats
-from ptflow.decide import fidelity
 from ptflow.core.artifact import Artifact, Form
-from ptflow.inputs.data import Split, make_batches
-from ptflow.measure.device import DeviceConfig
 from ptflow.core.errors import ConfigError, InputError
 from ptflow.core.stage import RunContext
+from ptflow.decide import fidelity
 from ptflow.decide.accuracy import AccuracyConfig
-from ptflow.stages.benchmark.stage import BenchmarkConfig, BenchmarkStage, BenchmarkStageConfig, stability_warning
+from ptflow.inputs.data import Split, make_batches
+from ptflow.measure import device, protocol as measure, stats
+from ptflow.measure.device import DeviceConfig
 from ptflow.measure.stats import Stability
+from ptflow.stages.benchmark.stage import BenchmarkConfig, BenchmarkStage, BenchmarkStageConfig, stability_warning
 from ptflow.stages.validate import ValidateConfig, ValidateStage
 
 ROWS, FEATURES, CLASSES = 6, 4, 3

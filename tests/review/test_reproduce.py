@@ -15,8 +15,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from ptflow.core.errors import ConfigError
 from ptflow.app.settings import compile_plan
+from ptflow.core.errors import ConfigError
 from ptflow.review.reproduce_check import (Outcome, Verdict, exit_code, file_verdicts, headline, metric_verdicts,
                                     run_verdicts, task_metric_keys)
 from tests.conftest import compose, mlflow_runs, run_cli

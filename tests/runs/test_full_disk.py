@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from ptflow.core import lifecycle
-from ptflow.runs import record as record_module
 from ptflow.core.files import creatable_dir_problem, describe_disk_full, room_problem
+from ptflow.runs import record as record_module
 from ptflow.runs.record import RESERVE_BYTES, RESERVE_FILE, RESULT_FILE, RunRecord
 from ptflow.runs.runs_cli import run as runs_cli
 from ptflow.runs.stale import Freed, close_stale_records, close_stale_runs

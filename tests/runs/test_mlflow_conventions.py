@@ -18,11 +18,11 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from ptflow.core import engine
 from ptflow.app import job
+from ptflow.app.settings import compile_plan
+from ptflow.core import engine
 from ptflow.core.files import CLAIM_FILE, claim_dir
 from ptflow.runs.naming import JobInfo, run_name, run_tags, sweep_id
-from ptflow.app.settings import compile_plan
 from ptflow.runs.record import RunRecord
 from ptflow.runs.summary import one_line
 from ptflow.runs.tracker import MlflowTracker, mlflow_metric_key
@@ -211,10 +211,10 @@ def test_the_eval_data_is_logged_as_a_dataset_with_source_digest_and_schema(trac
 
 
 def test_the_digest_names_the_data_not_the_batching():
-    from ptflow.inputs.data import make_batches
-    from ptflow.zoo.digits import digits_split
-    from ptflow.inputs.dataset_info import describe_data
     from ptflow.core.artifact import DataContext
+    from ptflow.inputs.data import make_batches
+    from ptflow.inputs.dataset_info import describe_data
+    from ptflow.zoo.digits import digits_split
 
     split, source = digits_split(), {"_target_": "ptflow.zoo.digits.digits_split"}
     digests = {describe_data(source, make_batches(split, size), ["pixels"], DataContext.EVAL).digest

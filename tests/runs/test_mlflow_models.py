@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+from ptflow.app.settings import compile_plan
 from ptflow.core.errors import ConfigError
 from ptflow.runs.mlflow_models import signature
-from ptflow.app.settings import compile_plan
 from tests.conftest import compose, mlflow_runs, run_cli
 
 TINY = ("model.weights=null", "model.builder.hidden=32", "model.builder.depth=2", "data.max_batches=1",

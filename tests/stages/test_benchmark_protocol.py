@@ -10,16 +10,16 @@ import pytest
 import torch
 from torch import nn
 
+from ptflow.app.settings import compile_plan
 from ptflow.core import engine
-from ptflow.decide.accuracy import AccuracyConfig
 from ptflow.core.artifact import Artifact, Baseline, Form
 from ptflow.core.errors import ConfigError, InputError
-from ptflow.app.settings import compile_plan
 from ptflow.core.spec import Batch, InputSpec, ModelInputs, TensorSpec
 from ptflow.core.stage import RunContext
+from ptflow.decide.accuracy import AccuracyConfig
+from ptflow.runs.summary import one_line, render
 from ptflow.stages.benchmark.stage import BenchmarkConfig, BenchmarkStage, BenchmarkStageConfig
 from ptflow.stages.benchmark.timing import CudaFeed, Mode, resized
-from ptflow.runs.summary import one_line, render
 from tests.conftest import compose, make_context
 
 TINY = ("model.weights=null", "model.builder.hidden=32", "model.builder.depth=2", "data.max_batches=1",

@@ -29,8 +29,8 @@ import re
 import pytest
 import torch
 
-from ptflow.core.errors import ConfigError
 from ptflow.app.settings import compile_plan
+from ptflow.core.errors import ConfigError
 from tests.conftest import ROOT, compose
 from tests.user_inputs import _config as user_config
 from tests.user_inputs import _program, _scripted
@@ -224,12 +224,12 @@ def test_every_other_cell_is_as_the_table_says(loaded_files):
 
 
 def test_every_recipe_backend_and_format_has_its_row_or_column():
-    import ptflow.stages.compile.stage  # noqa: F401 (each stage registers what ptflow ships)
-    import ptflow.stages.export.stage  # noqa: F401
-    import ptflow.stages.quantize.stage  # noqa: F401
     from ptflow.stages.compile import backends
+    import ptflow.stages.compile.stage  # noqa: F401 (each stage registers what ptflow ships)
     from ptflow.stages.export import formats
+    import ptflow.stages.export.stage  # noqa: F401
     from ptflow.stages.quantize import recipes
+    import ptflow.stages.quantize.stage  # noqa: F401
 
     assert set(TABLE) == set(recipes()) | set(LOADED)
     assert set(COMPILES) == set(backends()) == set(PAIRS)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ptflow.app.settings import compile_plan
 from ptflow.core import engine
 from ptflow.core.artifact import Form
 from ptflow.core.errors import ConfigError
-from ptflow.app.settings import compile_plan
-import ptflow.stages.compile.stage  # noqa: F401 (the stage registers the backends ptflow ships)
 from ptflow.stages.compile import backends
+import ptflow.stages.compile.stage  # noqa: F401 (the stage registers the backends ptflow ships)
 from tests.conftest import compose, make_context
 
 TINY = ("model.weights=null", "model.builder.hidden=32", "model.builder.depth=2", "data.max_batches=1",

@@ -9,12 +9,12 @@ import json
 import pytest
 import torch
 
+from ptflow.app.settings import compile_plan
 from ptflow.core import engine
 from ptflow.core.artifact import Form
 from ptflow.core.errors import ConfigError
-from ptflow.app.settings import compile_plan
-import ptflow.stages.export.stage  # noqa: F401 (the stage registers the formats ptflow ships)
 from ptflow.stages.export import formats
+import ptflow.stages.export.stage  # noqa: F401 (the stage registers the formats ptflow ships)
 from tests.conftest import compose, make_context
 
 TINY = ("model.weights=null", "model.builder.hidden=32", "model.builder.depth=2", "data.max_batches=1",

@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 from ptflow.core.errors import ConfigError, InputError
 from ptflow.core.stage import Environment
 from ptflow.core.targets import resolve_path
-from ptflow.zoo.digits import DigitsMLP
 from ptflow.stages.load import DataConfig, LoadConfig, LoadStage, ModelConfig, build_model
+from ptflow.zoo.digits import DigitsMLP
 
 BUILDER = {"_target_": "ptflow.zoo.digits.DigitsMLP"}
 BUNDLED = resolve_path("pkg://ptflow.zoo/digits_mlp.safetensors")

@@ -8,12 +8,12 @@ import re
 import pytest
 import torch
 
+from ptflow.app.settings import compile_plan
 from ptflow.core import engine
 from ptflow.core.artifact import DataContext, Form
 from ptflow.core.errors import ConfigError, Rejected, StageError
-from ptflow.app.settings import compile_plan
-import ptflow.stages.quantize.stage  # noqa: F401 (the stage registers the recipes ptflow ships)
 from ptflow.stages.quantize import recipes
+import ptflow.stages.quantize.stage  # noqa: F401 (the stage registers the recipes ptflow ships)
 from tests.conftest import compose, make_context
 
 TINY = ("model.weights=null", "model.builder.hidden=32", "model.builder.depth=2", "data.max_batches=1",
