@@ -104,8 +104,9 @@ class _Alias(importlib.abc.Loader):
         return None   # a throwaway module; exec_module puts the real one in its place
 
     def exec_module(self, module) -> None:
-        warnings.warn(f"{module.__name__} is now {self.new} (ptflow's package layout); the old path still "
-                      f"works, but write {self.new}", FutureWarning, stacklevel=2)
+        # named by the old path, not by importlib's frame (an import from a config has no line of its own)
+        warnings.warn_explicit(f"{module.__name__} is now {self.new} (ptflow's package layout); the old path "
+                               f"still works, but write {self.new}", FutureWarning, module.__name__, 0)
         # importlib returns what sys.modules holds once exec_module returns: the module itself
         sys.modules[module.__name__] = importlib.import_module(self.new)
 

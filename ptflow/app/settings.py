@@ -13,7 +13,7 @@ from typing import Any
 
 from ptflow.core.errors import ConfigError, Problem, did_you_mean
 from ptflow.core.files import creatable_dir_problem
-from ptflow.core.plan import Plan, PlannedStage, build_config, plan_stages, unique  # noqa: F401 (all the names of the old ptflow.plan)
+from ptflow.core.plan import Plan, PlannedStage, build_config, plan_stages, unique  # noqa: F401 (old ptflow.plan names)
 from ptflow.core.stage import load_stages
 from ptflow.core.targets import resolve_path
 from ptflow.decide import objective
