@@ -135,3 +135,13 @@ def test_the_command_line_modules_stay_small():
     """Hydra expands and composes; ptflow's command line and pre-flight only check."""
     sizes = {name: len((ROOT / "ptflow" / "app" / name).read_text().splitlines()) for name in ("cli.py", "preflight.py")}
     assert all(lines <= 250 for lines in sizes.values()), sizes
+
+
+def test_every_package_ships_in_the_wheel():
+    """pyproject lists packages by hand (stages/ and conf/ are mapped into ptflow): a package
+    left out would be missing from every install but this checkout."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {_module(p) for p in _sources("ptflow") + _sources("stages") if p.name == "__init__.py"}
+    assert on_disk - listed == set()
