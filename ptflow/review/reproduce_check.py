@@ -1,6 +1,6 @@
 """The verdicts of `ptflow-reproduce`: is each export file and the task metric the same again?
 
-A file with the source's sha256 is the same. Otherwise a byte-stable format (README, "Byte
+A file with the source's sha256 is the same. Otherwise a byte-stable format (docs/recipes/export.md, "Byte
 reproducibility": pt2, onnx, safetensors) is different; the others are loaded from both runs
 and run on the same example inputs, and their outputs must agree within a tolerance: aoti
 holds a freshly compiled shared library, and torchscript records the Python call stack of

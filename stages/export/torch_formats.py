@@ -40,8 +40,40 @@ def _load_pt2(path: Path, job: ExportJob):
 def write_pt2(job: ExportJob, path: Path) -> dict[str, Any]:
     buffer = io.BytesIO()    # in memory: torch's zip writer aborts the process on a full disk
     torch.export.save(job.program(), buffer)
-    write_bytes(path, buffer.getbuffer())
+    write_bytes(path, stable_graph_ids(buffer.getvalue()))
     return {}
+
+
+# A node's provenance ('from_node' in its metadata, which PT2E's passes fill) names each graph it
+# came through by the graph's Python id(): a new number in every process. Escaped: the metadata
+# value is a JSON string inside models/*.json.
+_GRAPH_ID = re.compile(rb'(\\"graph_id\\": )(\d+)')
+
+
+def stable_graph_ids(archive: bytes) -> bytes:
+    """A .pt2 archive whose provenance graph ids are renumbered 0, 1, 2 ... in order of first
+    appearance (the same graph keeps the same number), so the file depends only on the program:
+    ``ptflow-reproduce`` can compare an int8_static export by sha256. An archive without such ids
+    (a plain torch.export program) is returned unchanged."""
+    from torch.export.pt2_archive._package import PT2ArchiveWriter
+
+    with zipfile.ZipFile(io.BytesIO(archive)) as package:
+        names = package.namelist()
+        if not any(_GRAPH_ID.search(package.read(n)) for n in names if n.endswith(".json")):
+            return archive
+        out = io.BytesIO()
+        with PT2ArchiveWriter(out) as writer:
+            for name in names:   # torch's order, kept
+                record = name.split("/", 1)[1]
+                if record in _WRITER_RECORDS:
+                    continue
+                data = package.read(name)
+                if name.endswith(".json"):
+                    numbers: dict[bytes, bytes] = {}
+                    data = _GRAPH_ID.sub(lambda m: m.group(1) + numbers.setdefault(
+                        m.group(2), str(len(numbers)).encode()), data)
+                writer.write_bytes(record, data)
+    return out.getvalue()
 
 
 def _load_aoti(path: Path, job: ExportJob):

@@ -299,3 +299,15 @@ def test_a_dry_run_says_what_it_would_compare():
     assert planned_checks(config, manifest) == ("pt2, example by sha256; aoti by sha256, else by outputs; "
                                                 "the task metric top1_accuracy")
     assert "the source logged no manifest" in planned_checks(config, None)
+
+
+@pytest.mark.slow
+def test_an_int8_static_inductor_run_is_reproduced_byte_for_byte(tmp_path):
+    """PT2E's graph ids no longer change the .pt2 from process to process (stable_graph_ids)."""
+    result = run_cli(tmp_path, "quantize=int8_static", "compile=inductor", "benchmark=quick",
+                     "quantize.calibration.batches=2", "export.formats=[pt2]")
+    assert result.code == 0, result.stderr
+    (run,) = mlflow_runs(result)
+    code, out, err = reproduce(tmp_path, run.info.run_id)
+    assert code == 0, out + err
+    assert "same       export pt2" in out and "identical" in out and "REPRODUCED: all" in out

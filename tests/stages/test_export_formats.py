@@ -189,3 +189,39 @@ def test_aoti_is_written_reloaded_and_its_bytes_measured(tmp_path):
     b, _ = _run(tmp_path / "b", "export.formats=[aoti]")
     digests = [_manifest(tmp_path / r)["files"][0]["sha256"] for r in "ab"]
     print("aoti byte-identical:", digests[0] == digests[1])
+
+
+PT2E = ("pipeline=[load,validate,quantize,export]", "quantize=int8_static", "quantize.calibration.batches=1",
+        "export.formats=[pt2]")
+
+
+def test_a_pt2e_export_names_its_graphs_by_number_not_by_python_id(tmp_path):
+    """PT2E's provenance records each graph by id(): renumbered 0, 1, ... the file depends only on
+    the program (the same graph keeps its number)."""
+    import re
+    import zipfile
+
+    _run(tmp_path, *PT2E)
+    (entry,) = _manifest(tmp_path)["files"]
+    with zipfile.ZipFile(tmp_path / "export" / entry["file"]) as archive:
+        model = archive.read("archive/models/model.json")
+    ids = {int(n) for n in re.findall(rb'graph_id\\": (\d+)', model)}
+    assert ids and ids == set(range(len(ids))), sorted(ids)[:5]
+
+
+@pytest.mark.slow
+def test_a_pt2e_export_is_byte_identical_across_processes(tmp_path):
+    """Two processes, one int8_static export each: the same sha256 (ptflow-reproduce compares pt2 by it)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, json, pathlib; from tests.stages.test_export_formats import _run, _manifest, PT2E; "
+            "p = pathlib.Path(sys.argv[1]); _run(p, *PT2E); print(_manifest(p)['files'][0]['sha256'])")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / name)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for name in "ab"]
+    shas = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+        shas.append(out.split()[-1])
+    assert shas[0] == shas[1] and len(shas[0]) == 64
