@@ -11,6 +11,7 @@ later, the record's state goes into its reserve (``ptflow.runs.record``) and the
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -20,6 +21,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from ptflow.app.args import CONFIG_DIR
 from ptflow.app.settings import RunSettings, compile_plan
 from ptflow.core import engine, lifecycle
 from ptflow.core.errors import ConfigError, PtflowError, first_line
@@ -50,8 +52,8 @@ def run(config: dict[str, Any], config_yaml: str, choices: dict[str, str], overr
     """Run one pipeline and record how it ended. User errors never raise (the record says
     what happened); a stop signal is recorded KILLED and then raised again."""
     started = time.perf_counter()
-    record = RunRecord(str(run_dir), list(overrides), process=str(lifecycle.current_process()),
-                       config=config)
+    record = RunRecord(str(run_dir), list(overrides), launch=list(job.launch) if job else [],
+                       process=str(lifecycle.current_process()), config=config)
     tracker: MlflowTracker | None = None
     interrupted: lifecycle.Interrupted | None = None
 
@@ -205,7 +207,7 @@ def hydra_task(cfg: Any) -> float | None:
     quiet_store_logs()
     hydra_cfg = HydraConfig.get()
     _console_verbosity(hydra_cfg.verbose)
-    job = JobInfo.from_hydra(hydra_cfg)
+    job = dataclasses.replace(JobInfo.from_hydra(hydra_cfg), launch=launch_args(hydra_cfg))
     config = OmegaConf.to_container(cfg, resolve=True)
     log.debug("job config composed; run dir %s", hydra_cfg.runtime.output_dir)
     return run(config=config,
@@ -214,6 +216,26 @@ def hydra_task(cfg: Any) -> float | None:
                overrides=list(job.overrides),
                run_dir=Path(hydra_cfg.runtime.output_dir),
                job=job).objective
+
+
+def launch_args(hydra_cfg: Any) -> tuple[str, ...]:
+    """The command-line arguments besides the job's overrides that chose its config, absolute, so
+    that `ptflow <these> <overrides>` composes the same config from any directory: -cp/-cn when
+    the primary config is not ptflow's own, -cd for each extra config dir, hydra.searchpath."""
+    from omegaconf import OmegaConf
+
+    args: list[str] = []
+    for source in hydra_cfg.runtime.config_sources:
+        if source.schema != "file":
+            continue
+        if source.provider == "main" and Path(source.path).resolve() != Path(CONFIG_DIR).resolve():
+            args += ["-cp", str(Path(source.path).resolve())]
+        elif source.provider == "command-line":
+            args += ["-cd", str(Path(source.path).resolve())]
+    if hydra_cfg.job.config_name != "config":
+        args += ["-cn", str(hydra_cfg.job.config_name)]
+    hydra_overrides = OmegaConf.to_container(hydra_cfg.overrides.hydra, resolve=False)
+    return (*args, *(o for o in hydra_overrides if o.lstrip("+~").startswith("hydra.searchpath")))
 
 
 def _console_verbosity(verbose: Any) -> None:

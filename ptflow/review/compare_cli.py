@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import shlex
 import sys
 import tempfile
@@ -115,16 +116,47 @@ def parent_run_id(client: Any, given: str) -> str:
 
 
 def recipe_lines(client: Any, row: Any) -> list[str]:
-    """How to get the picked recipe again: the exact reproduction, and the overrides that
-    re-run the recipe (from the run's overrides.txt artifact, when it has one)."""
-    lines = [f"  reproduce exactly: ptflow-reproduce {row.run_id}"]
+    """How to get the picked recipe again, as commands that work when pasted anywhere: the exact
+    reproduction, and the `ptflow` command that re-runs the recipe (the run's command.txt: its
+    config dirs and overrides; an older run's overrides.txt), both naming this store."""
+    uri = client.tracking_uri
+    lines = [f"  reproduce exactly: {shlex.join(['ptflow-reproduce', row.run_id, '--tracking-uri', uri])}"]
+    command = _logged_command(client, row.run_id)
+    if command is None:
+        return lines + ["  re-run the recipe: (no command.txt or overrides.txt artifact in this run)"]
+    if not any(arg.lstrip("+~").startswith("tracking.uri=") for arg in command):
+        command.append(hydra_override("tracking.uri", uri))
+    return lines + [f"  re-run the recipe: {shlex.join(command)}"]
+
+
+def hydra_override(key: str, value: str) -> str:
+    """`key=value` as Hydra parses it back to `value`: quoted when the value holds a character
+    Hydra's grammar reads (a comma would make a sweep, brackets a list)."""
+    if re.fullmatch(r"[\w./:@%+\- ~]+", value):
+        return f"{key}={value}"
+    # inside quotes Hydra keeps a backslash as it is, except before a quote or the closing quote
+    quoted = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), value)
+    return f"{key}='{quoted}'"
+
+
+def _logged_command(client: Any, run_id: str) -> list[str] | None:
+    """The run's `ptflow` command (command.txt), else `ptflow` + its overrides (overrides.txt,
+    runs from before command.txt), else None. Printed, never run: the user reads it first."""
     with tempfile.TemporaryDirectory(prefix="ptflow-compare-") as scratch:
-        try:
-            text = Path(client.download_artifacts(row.run_id, "overrides.txt", scratch)).read_text(encoding="utf-8")
-        except Exception:   # absent (an older run, a run from another tool): the reproduction still works
-            return lines + ["  re-run the recipe: (no overrides.txt artifact in this run)"]
-    overrides = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines + [f"  re-run the recipe: {shlex.join(['ptflow', *overrides])}"]
+        for name in ("command.txt", "overrides.txt"):
+            try:
+                text = Path(client.download_artifacts(run_id, name, scratch)).read_text(encoding="utf-8")
+            except Exception:   # absent (an older run, a run from another tool): the reproduction still works
+                continue
+            if name == "overrides.txt":
+                return ["ptflow", *(line.strip() for line in text.splitlines() if line.strip())]
+            try:
+                command = shlex.split(text)
+            except ValueError:
+                continue
+            if command[:1] == ["ptflow"]:
+                return command
+    return None
 
 
 def export_lines(row: Any) -> list[str]:

@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -317,8 +318,9 @@ def _source_files(client: Any, source: Any, into: Path) -> tuple[dict[str, Any],
         children = client.search_runs([source.info.experiment_id],
                                       f"tags.mlflow.parentRunId = '{source.info.run_id}'", max_results=5)
         listed = "".join(f"\n  {r.info.run_id}  {r.info.run_name}  ({r.info.status})" for r in children)
+        rank = shlex.join(["ptflow-compare", "--parent", source.info.run_id, "--tracking-uri", client.tracking_uri])
         raise Refused(f"run {source.info.run_id} is the parent run of sweep '{source.info.run_name}', not a job: "
-                      f"reproduce one of its jobs (ptflow-compare --parent {source.info.run_id} ranks them and "
+                      f"reproduce one of its jobs ({rank} ranks them and "
                       f"prints the command for the best one){'; its jobs include:' + listed if listed else ''}")
     logged = _download(client, source.info.run_id, "config.yaml", into)
     if logged is None:

@@ -45,6 +45,7 @@ class JobInfo:
     job_num: int | None = None          # multirun only (hydra.job.num)
     overrides: tuple[str, ...] = ()     # this job's command-line overrides (hydra.overrides.task)
     run_dir: str | None = None          # this run's own dir (hydra.runtime.output_dir)
+    launch: tuple[str, ...] = ()        # -cp/-cn/-cd and hydra.searchpath it was launched with (app.job)
 
     @classmethod
     def from_hydra(cls, hydra_cfg: Any) -> "JobInfo":

@@ -61,6 +61,8 @@ class Tracking:
 class RunRecord:
     run_dir: str
     overrides: list[str] = field(default_factory=list)
+    launch: list[str] = field(default_factory=list)   # what chose the config besides the overrides:
+                                                      # -cp/-cn/-cd, hydra.searchpath (app.job.launch_args)
     status: str = "RUNNING"
     exit_code: int | None = None
     error: str | None = None            # what went wrong (FAILED, CONFIG_ERROR)

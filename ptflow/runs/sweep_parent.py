@@ -141,8 +141,9 @@ def _close_one(uri: str, experiment_id: str, run_id: str, sweep_dir: Path, recor
         return None
     if not written:
         return f"sweep: parent MLflow run {run_id} ended {status}"
+    rank = shlex.join(["ptflow-compare", "--parent", run_id, "--tracking-uri", uri])
     return (f"sweep: parent MLflow run {run_id} ended {status}; comparison (CSV, Markdown, Pareto plot) "
-            f"in {written[0].parent} and its artifacts compare/; rank again: ptflow-compare --parent {run_id}")
+            f"in {written[0].parent} and its artifacts compare/; rank again: {rank}")
 
 
 def _comparison(uri: str, experiment_id: str, run_id: str, sweep_dir: Path) -> list[Path]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import shlex
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -61,6 +62,12 @@ def describe_failure(error: BaseException, uri: str) -> str:
         return full
     text = "\n".join(line for line in str(error).splitlines() if not line.startswith("(raised as a result of"))
     return f"{type(error).__name__}: {first_line(Exception(text))}"   # without SQLAlchemy's preamble
+
+
+def rerun_command(record: RunRecord) -> str:
+    """The `ptflow` command line that composes this run's config again, from any directory: the
+    config dirs it was launched with (absolute) and its overrides. ptflow-compare adds the store."""
+    return shlex.join(["ptflow", *record.launch, *record.overrides])
 
 
 def relog_command(run_dir: str) -> str:
@@ -231,6 +238,7 @@ class MlflowTracker:
             if path.is_file():
                 self.client.log_artifact(self.run_id, str(path))
         self.client.log_text(self.run_id, "\n".join(record.overrides) + "\n", "overrides.txt")
+        self.client.log_text(self.run_id, rerun_command(record) + "\n", "command.txt")
 
     def _log_params(self, present: set[str]) -> None:
         params, long_values = to_params(self.record.config)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
+
 import pytest
 
 from tests.conftest import mlflow_runs, run_cli
@@ -54,7 +56,9 @@ def test_default_pipeline_logs_params_tags_and_artifacts(default_run):
     assert "git_sha" in tags and "hostname" in tags
     client = MlflowClient(tracking_uri=default_run.tracking_uri)
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "overrides.txt", "plan.txt", "summary.json", "files"} <= names
+    assert {"config.yaml", "overrides.txt", "command.txt", "plan.txt", "summary.json", "files"} <= names
+    command = client.download_artifacts(run.info.run_id, "command.txt", str(default_run.cwd / "artifacts"))
+    assert Path(command).read_text() == "ptflow\n"   # ptflow's own config, no overrides: the bare command
     files = {a.path for a in client.list_artifacts(run.info.run_id, "files")}
     assert {"files/export.pt2", "files/export.manifest"} <= files
 
