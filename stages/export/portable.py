@@ -10,7 +10,8 @@ from typing import Any
 import torch
 
 from ptflow.core.artifact import Form
-from ptflow.core.spec import call
+from ptflow.core.spec import call, flatten_outputs
+from ptflow.stages.export import onnx_names
 from ptflow.stages.export.registry import (TENSOR_SUBCLASS_RECIPES, ExportJob, export_format, flat_inputs,
                                           write_bytes)
 
@@ -93,6 +94,10 @@ def write_onnx(job: ExportJob, path: Path) -> dict[str, Any]:
         finally:
             onnx_logger.setLevel(level)
     proto = onnx_program.model_proto
+    with torch.no_grad():   # the model's own output keys, in the order torch.export flattens them
+        paths = [path for path, _ in flatten_outputs(call(job.module, job.example))]
+    onnx_names.rename_outputs(proto.graph, onnx_names.output_names(paths))
+    onnx_names.rename_dims(proto.graph, job.spec)
     proto.producer_version = torch.__version__.split("+")[0]
     data = proto.SerializeToString(deterministic=True)
     write_bytes(path, data)

@@ -225,3 +225,50 @@ def test_a_pt2e_export_is_byte_identical_across_processes(tmp_path):
         assert proc.returncode == 0, err[-2000:]
         shas.append(out.split()[-1])
     assert shas[0] == shas[1] and len(shas[0]) == 64
+
+
+def _onnx_names(path) -> list[tuple[str, list]]:
+    import onnx
+
+    graph = onnx.load(path).graph
+    return [(v.name, [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim])
+            for v in (*graph.input, *graph.output)]
+
+
+def test_onnx_names_follow_the_model_and_the_data_spec(tmp_path):
+    """Output names from the model's output keys, inputs from the data spec, dims by their labels
+    (torch names them linear_2 and s81): what onnxruntime, a client and MLflow's signature see."""
+    _run(tmp_path / "mlp", "export.formats=[onnx]")
+    assert _onnx_names(tmp_path / "mlp" / "export" / "model.onnx") == [("pixels", ["batch", 64]),
+                                                                       ("output", ["batch", 10])]
+    config, choices = compose(*TINY, EXPORT_ONLY, "export.formats=[onnx]", "data.metric=null")
+    config["model"]["builder"] = {"_target_": "tests.toy_models.KeywordNet", "width": 4}
+    config["data"].update(source={"_target_": "tests.toy_models.keyword_split", "rows": 8}, calibration=None)
+    plan = compile_plan(config, choices)
+    engine.run(plan, make_context(tmp_path / "keyword", plan), ())
+    assert _onnx_names(tmp_path / "keyword" / "export" / "model.onnx") == [
+        ("features", ["batch", 8]), ("mask", ["batch", 8]), ("logits", ["batch", 3]), ("hidden", ["batch", 4])]
+
+
+def test_onnx_output_names_never_clash_and_dims_keep_torchs_symbol_when_ambiguous():
+    import onnx
+    from onnx import TensorProto, helper
+
+    from ptflow.core.spec import InputSpec, TensorSpec
+    from ptflow.stages.export.onnx_names import output_names, rename_dims, rename_outputs
+
+    assert output_names(["output", "output.logits", "output.0", "output.a.b"]) == ["output", "logits", "output_0",
+                                                                                  "a_b"]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["s1", "s2"])
+    y = helper.make_tensor_value_info("relu_1", TensorProto.FLOAT, ["s1", "s2"])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["relu_1"])], "g", [x], [y])
+    rename_outputs(graph, ["x"])                  # the input's name: torch's name stays
+    assert graph.output[0].name == "relu_1"
+    rename_outputs(graph, ["logits"])
+    assert graph.output[0].name == "logits" and graph.node[0].output[0] == "logits"
+    rename_dims(graph, InputSpec((TensorSpec("x", ("batch", "seq"), "float32"),)))
+    assert [d.dim_param for d in graph.output[0].type.tensor_type.shape.dim] == ["batch", "seq"]
+    onnx.checker.check_graph(graph)
+    shared = helper.make_graph([], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["s1", "s1"])], [])
+    rename_dims(shared, InputSpec((TensorSpec("x", ("batch", "seq"), "float32"),)))   # one symbol, two labels
+    assert [d.dim_param for d in shared.input[0].type.tensor_type.shape.dim] == ["s1", "s1"]
