@@ -1,24 +1,23 @@
 """quantize × compile × export: the one table of what works, what the plan refuses (and why),
-what needs CUDA and what fails at run time — README "Which combinations work" shows the same
-table. Every cell was probed on CPU (`ptflow dry_run=true` for the plan, then a real run of the
+what needs CUDA and what fails at run time — the docs page "Which combinations work"
+(docs/recipes/combinations.md) shows the same table. Every cell was probed on CPU (`ptflow dry_run=true` for the plan, then a real run of the
 bundled MLP for each cell the plan accepts); here every cell is checked against the plan:
 each refused cell names its reason, every other cell is accepted.
 
 Refused cells already tested elsewhere (their reason is asserted there, their verdict here):
-- tests/test_compile.py::test_the_plan_refuses_what_cannot_work: none→cudagraphs,
+- tests/stages/test_compile.py::test_the_plan_refuses_what_cannot_work: none→cudagraphs,
   int8_dynamic→torchscript_trace, int8_dynamic→onnxruntime, bf16→onnxruntime,
   legacy_dynamic→aoti, legacy_dynamic→onnxruntime
-- tests/test_export_formats.py::test_the_plan_refuses_what_cannot_work: legacy_dynamic→pt2/onnx/aoti/safetensors,
+- tests/stages/test_export_formats.py::test_the_plan_refuses_what_cannot_work: legacy_dynamic→pt2/onnx/aoti/safetensors,
   int8_dynamic→onnx/safetensors, int8_weight_only→torchscript, bf16→onnx
-- tests/test_user_models.py::test_the_plan_refuses_stages_a_torchscript_model_cannot_go_through:
+- tests/inputs/test_user_models.py::test_the_plan_refuses_stages_a_torchscript_model_cannot_go_through:
   loaded TorchScript→inductor, loaded TorchScript→pt2
-- tests/test_quantize.py::test_gpu_recipes_are_refused_on_cpu_before_any_work: int4_weight_only and
+- tests/stages/test_quantize.py::test_gpu_recipes_are_refused_on_cpu_before_any_work: int4_weight_only and
   float8_dynamic with the default compile=eager, export.formats=[pt2]
 Run-time failures: a model that does not script fails in stage compile
 (test_compile.py::test_a_model_that_does_not_script_fails_in_compile_with_the_stage_named; its one-line
 message is tested below); an export that differs from the model by more than its tolerance fails in
 stage export (test_export_formats.py::test_a_failing_format_leaves_no_file_and_no_manifest).
-test_the_readme_table_is_this_table skips until README.md has the "### Which combinations work" table.
 """
 from __future__ import annotations
 
@@ -236,12 +235,11 @@ def test_every_recipe_backend_and_format_has_its_row_or_column():
     assert set(FORMATS) == set(formats())
 
 
-def _readme_table() -> dict[str, list[str]] | None:
-    """The README's combined table, row -> cells (✗ and a footnote letter, ✓, CUDA, tol, run)."""
-    text = (ROOT / "README.md").read_text()
-    heading = re.search(r"^### Which combinations work[ \t]*$", text, re.MULTILINE)
-    if heading is None:
-        return None
+def _docs_table() -> dict[str, list[str]]:
+    """The docs page's combined table, row -> cells (✗ and a footnote letter, ✓, CUDA, tol, run)."""
+    text = (ROOT / "docs" / "recipes" / "combinations.md").read_text()
+    heading = re.search(r"^#+ Which combinations work[ \t]*$", text, re.MULTILINE)
+    assert heading is not None, "docs/recipes/combinations.md lost its 'Which combinations work' heading"
     rows = {}
     for line in text[heading.end():].splitlines()[1:]:
         if line.startswith("#"):
@@ -253,10 +251,9 @@ def _readme_table() -> dict[str, list[str]] | None:
     return rows
 
 
-def test_the_readme_table_is_this_table():
-    rows = _readme_table()
-    if rows is None:
-        pytest.skip("README.md has no '### Which combinations work' table yet")
+def test_the_docs_table_is_this_table():
+    rows = _docs_table()
+    assert set(TABLE) <= set(rows), sorted(set(TABLE) - set(rows))
     assert {name: cells for name, cells in rows.items() if name in TABLE} == \
         {row: _cells(text) for row, text in TABLE.items()}
 
