@@ -53,3 +53,17 @@ def digits_shifted_labels(**kwargs) -> Split:
 
     split = digits_split(**kwargs)
     return Split(split.inputs, split.targets + 1)
+
+
+class BranchyNet(nn.Module):
+    """An MLP over the digits' 64 pixels whose forward branches on its input's values (data-dependent
+    control flow: torch.jit.trace records one side of the `if`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        if pixels.sum() > 0:   # BRANCH: the line the refusal names
+            return self.head(pixels)
+        return -self.head(pixels)

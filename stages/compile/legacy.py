@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -30,11 +30,36 @@ REFUSALS = {Form.QUANTIZED: "torchao's quantized tensor subclasses (and PT2E gra
             Form.SCRIPTED: "the model is TorchScript already: use compile=eager"}
 
 
-def _quietly(job: CompileJob, build: Callable[[], Any]) -> Any:
-    """Build with torch's deprecation warnings captured and reported once."""
+# torch.jit.trace records the one path a call took; where the code reads a tensor's value (an `if` on
+# it, int()/float() of it, iterating over it) another input would take another path. torch warns,
+# and the traced model computes something else: never benchmarked, never exported.
+DATA_DEPENDENT = "might cause the trace to be incorrect"
+
+
+def trace_refusal(caught: Sequence[warnings.WarningMessage], what: str, model: Any, fix: str) -> str | None:
+    """Why a trace that warned of a data-dependent step is refused (with torch's words, the
+    model's source line and `fix`), or None."""
+    found = next((w for w in caught if issubclass(w.category, torch.jit.TracerWarning)
+                  and DATA_DEPENDENT in str(w.message)), None)
+    if found is None:
+        return None
+    said = str(found.message).split(". ")[0].strip().rstrip(".")
+    return (f"{what}: torch.jit.trace records one call, and {type(model).__name__} takes a step that depends on "
+            f"its input's values, so the traced model would compute something else on other inputs. torch says: "
+            f"{said} (at {found.filename}, line {found.lineno}). {fix}")
+
+
+def _quietly(job: CompileJob, build: Callable[[], Any], traced: bool = False) -> Any:
+    """Build with torch's deprecation warnings captured and reported once; a trace that warned of a
+    data-dependent step is refused."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         scripted = build()
+    fix = ("Use compile=torchscript_script (it compiles the branch) or compile=inductor (it runs the branch in "
+           "Python between graphs); for torch.export (pt2, aoti, onnx) rewrite it with torch.where or torch.cond")
+    refused = trace_refusal(caught, f"compile={job.config.backend}", job.model, fix) if traced else None
+    if refused:
+        raise InputError(refused)
     deprecations = sorted({str(w.message).splitlines()[0] for w in caught
                            if issubclass(w.category, (DeprecationWarning, FutureWarning))})
     message = f"compile={job.config.backend} uses TorchScript, which torch deprecates"
@@ -70,7 +95,7 @@ def torchscript_trace(job: CompileJob) -> Any:
                 traced = torch.jit.trace(job.model, example.args, strict=False)
             return torch.jit.freeze(traced.eval())
 
-    return _quietly(job, build)
+    return _quietly(job, build, traced=True)
 
 
 @compile_backend("torchscript_script", summary="LEGACY torch.jit.script + freeze", form=Form.SCRIPTED,

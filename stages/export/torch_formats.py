@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ptflow.core.artifact import Form
+from ptflow.core.errors import InputError
 from ptflow.core.spec import ModelInputs, call
 from ptflow.stages.export.registry import (TENSOR_SUBCLASS_RECIPES, ExportJob, export_format, flat_inputs,
                                           write_bytes)
@@ -180,6 +181,13 @@ def write_torchscript(job: ExportJob, path: Path) -> dict[str, Any]:
             scripted = torch.jit.trace(job.module, tuple(flat_inputs(job.example)), strict=False)
         buffer = io.BytesIO()
         torch.jit.save(scripted, buffer)
+    from ptflow.stages.compile.legacy import trace_refusal
+
+    refused = trace_refusal(caught, "export.formats=torchscript", job.module,
+                            "Leave torchscript out of export.formats, or rewrite the step with torch.where or "
+                            "torch.cond (then torch.export, and so pt2 and onnx, can take it too)")
+    if refused:   # the file would hold another model: no tolerance makes it right
+        raise InputError(refused)
     deprecations = sorted({str(w.message).splitlines()[0] for w in caught
                            if issubclass(w.category, (DeprecationWarning, FutureWarning))
                            or "deprecated" in str(w.message)})

@@ -136,3 +136,26 @@ def test_gpu_backends(tmp_path, backend):
         pytest.skip("needs a CUDA GPU")
     artifact, _ = _run(tmp_path, "quantize=none", f"compile={backend}", "device=cuda")
     _check(artifact, backend if backend != "cudagraphs" else "inductor")
+
+
+@pytest.mark.parametrize("overrides,refused_by", [
+    (("pipeline=[load,validate,compile]", "compile=torchscript_trace"), "compile=torchscript_trace"),
+    (("pipeline=[load,validate,export]", "export.formats=[torchscript]"), "export.formats=torchscript"),
+])
+def test_a_trace_of_data_dependent_control_flow_stops_the_run_at_the_users_line(tmp_path, overrides, refused_by):
+    """torch.jit.trace records one side of `if pixels.sum() > 0`: the traced model is another model,
+    so the run stops with torch's warning and the model's line instead of benchmarking or shipping it."""
+    import inspect
+
+    from ptflow.core.errors import StageError
+    from tests import toy_models
+
+    config, choices = compose("model.weights=null", "data.max_batches=1", "tracking=none", *overrides)
+    config["model"]["builder"] = {"_target_": "tests.toy_models.BranchyNet"}
+    plan = compile_plan(config, choices)
+    with pytest.raises(StageError) as stopped:
+        engine.run(plan, make_context(tmp_path, plan), ())
+    line = next(n for n, text in enumerate(inspect.getsource(toy_models).splitlines(), 1) if "# BRANCH" in text)
+    message = str(stopped.value)
+    assert refused_by in message and "Converting a tensor to a Python boolean" in message
+    assert f"toy_models.py, line {line})" in message and "tolerance" not in message
