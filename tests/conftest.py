@@ -26,6 +26,21 @@ def _own_tracking_store():
     os.environ.update(saved)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _test_recipes_stay_in_their_module():
+    """A recipe a test module registers in-process (tests.scramble_recipe as a plugin) is removed
+    after that module, with its module, so registry-wide tests see ptflow's recipes only and a
+    later module's `plugins` import registers it again."""
+    yield
+    from ptflow.stages.quantize.registry import _RECIPES
+
+    for name, recipe in list(_RECIPES.items()):
+        module = getattr(recipe.apply, "__module__", "") or ""
+        if module.startswith("tests."):
+            del _RECIPES[name]
+            sys.modules.pop(module, None)
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 

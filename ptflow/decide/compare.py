@@ -90,10 +90,16 @@ def _stability(tags: dict[str, str], metrics: dict[str, float]) -> str | None:
     return None if unstable is None else ("unstable" if unstable == 1 else "stable")
 
 
-def _drop(metrics: dict[str, float], params: dict[str, str], delta: float | None) -> float | None:
-    """accuracy/drop when the accuracy gate logged it (direction applied); else from the delta,
-    a higher-is-better metric unless accuracy.higher_is_better says otherwise."""
+def _drop(metrics: dict[str, float], params: dict[str, str], delta: float | None,
+          baseline: float | None) -> float | None:
+    """The drop in the metric's units: accuracy/drop when the accuracy gate logged it (direction
+    applied; a relative one times |baseline|); else from the delta, a higher-is-better metric
+    unless accuracy.higher_is_better says otherwise."""
     drop = _number(metrics, "accuracy/drop")
+    relative = metrics["accuracy/relative"] == 1 if "accuracy/relative" in metrics else \
+        params.get("accuracy.mode") == "relative"   # runs from before accuracy/relative was logged
+    if "accuracy/drop" in metrics and relative:
+        return None if drop is None or baseline is None else drop * abs(baseline)
     if drop is not None or delta is None:
         return drop
     return delta if params.get("accuracy.higher_is_better", "").lower() == "false" else -delta
@@ -104,6 +110,7 @@ def row_from_run(run: Any) -> Row:
     tags, metrics, params = dict(run.data.tags), dict(run.data.metrics), dict(run.data.params)
     metric = params.get("data.metric") or None
     delta = _number(metrics, f"benchmark/{metric}_delta") if metric else None
+    baseline = _number(metrics, f"validate/{metric}") if metric else None
     supported = metrics.get("benchmark/candidate.p99_supported")
     name = NAME_PLACE.sub("", run.info.run_name or tags.get("mlflow.runName", "")) or run.info.run_id[:8]
     return Row(
@@ -113,8 +120,7 @@ def row_from_run(run: Any) -> Row:
         speedup_ci_high=_number(metrics, "benchmark/speedup_ci_high"),
         p50_ms=_number(metrics, "benchmark/candidate.p50_ms"), p99_ms=_number(metrics, "benchmark/candidate.p99_ms"),
         p99_supported=None if supported is None else bool(supported),
-        metric=metric, delta=delta, drop=_drop(metrics, params, delta),
-        baseline_metric=_number(metrics, f"validate/{metric}") if metric else None,
+        metric=metric, delta=delta, drop=_drop(metrics, params, delta, baseline), baseline_metric=baseline,
         accepted=tags.get("accepted"), stability=_stability(tags, metrics),
         size_mb=_number(metrics, "export/size_mb", "quantize/size_mb", "load/size_mb"),
         compile_s=_number(metrics, "compile/compile_s"),

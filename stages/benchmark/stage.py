@@ -23,7 +23,7 @@ from ptflow.core.files import write_atomic
 from ptflow.core.spec import call, flatten_outputs, select_output
 from ptflow.core.stage import Environment, Note, RunContext, register_stage
 from ptflow.decide import fidelity
-from ptflow.decide.accuracy import AccuracyConfig, judge
+from ptflow.decide.accuracy import AccuracyConfig, describe, judge
 from ptflow.measure import device_info, device_lock
 from ptflow.measure.stats import Stability, classify
 from ptflow.stages.benchmark.passes import pictures, untimed
@@ -148,7 +148,18 @@ class BenchmarkStage:
         return [Note(f"{cfg.mode} on {sizes}{how}: warm-up >= {cfg.warmup} calls and {cfg.warmup_s:g} s until "
                      f"the median settles within {cfg.settle * 100:g}% (<= {cfg.warmup_max_s:g} s); then {roles}, "
                      f">= {cfg.iters} samples and {cfg.min_time_s:g} s until the median's 95% CI is within "
-                     f"±{cfg.ci_target * 100:g}% (<= {cfg.max_time_s:g} s)")]
+                     f"±{cfg.ci_target * 100:g}% (<= {cfg.max_time_s:g} s)"), Note(self._gate(env))]
+
+    def _gate(self, env: Environment) -> str:
+        """The accuracy gate in words: which metric, how far it may move, in which mode and why."""
+        name = (env.config.get("data") or {}).get("metric")
+        if not name:
+            return "accuracy gate: none (data.metric=null: no task metric to judge)"
+        if not self.config.fidelity:
+            return f"accuracy gate: none (benchmark.fidelity=false: {name} is not measured on the candidate)"
+        if name not in fidelity.metric_names():   # the load stage reports the unknown name
+            return f"accuracy gate: on {name}"
+        return describe(self.accuracy, name, fidelity.metric(name).higher_is_better)
 
     def inflight(self, device_type: str) -> int:
         if self.config.inflight is not None:

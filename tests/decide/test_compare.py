@@ -264,3 +264,26 @@ def test_pick_names_the_faster_unstable_runs_it_passed_over():
     assert "fast-noisy (1.50x)" in choice.warning and "over-budget" not in choice.warning
     assert cmp.pick([row("a", speedup=2.0), row("b", speedup=1.5, stability="unstable")],
                     cmp.Budget.parse("0.01")).warning == ""
+
+
+def _logged(metrics: dict[str, float], params: dict[str, str] | None = None):
+    """An MLflow Run entity's shape, no store: what row_from_run reads."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(info=SimpleNamespace(run_id="r" * 32, run_name="digits_mlp-bf16-eager", status="FINISHED",
+                                                start_time=0),
+                           data=SimpleNamespace(tags={}, params={"data.metric": "mse", **(params or {})},
+                                                metrics={"validate/mse": 0.2, "benchmark/mse_delta": 0.022,
+                                                         "benchmark/speedup_p50": 1.5, **metrics}))
+
+
+def test_a_relative_accuracy_drop_is_compared_in_the_metrics_units():
+    # the gate judged mse relative to the baseline (0.022 / 0.2 = 11%); budgets read metric units
+    assert cmp.row_from_run(_logged({"accuracy/drop": 0.11, "accuracy/relative": 1})).drop == pytest.approx(0.022)
+    assert cmp.row_from_run(_logged({"accuracy/drop": 0.022, "accuracy/relative": 0})).drop == pytest.approx(0.022)
+    older = _logged({"accuracy/drop": 0.11}, {"accuracy.mode": "relative"})   # before accuracy/relative was logged
+    assert cmp.row_from_run(older).drop == pytest.approx(0.022)
+    assert cmp.row_from_run(_logged({"accuracy/drop": math.inf, "accuracy/relative": 1})).drop is None
+    eleven_percent = cmp.row_from_run(_logged({"accuracy/drop": 0.11, "accuracy/relative": 1}))
+    for budget, fits in (("0.01", False), ("10%", False), ("0.03", True), ("12%", True)):
+        assert cmp.Budget.parse(budget).qualifies(eleven_percent) is fits, budget

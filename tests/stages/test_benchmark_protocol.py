@@ -86,10 +86,11 @@ def test_batch_sizes_need_a_dynamic_batch_dim_at_plan_time():
 
 def test_the_plan_says_how_the_benchmark_will_time():
     plan = compile_plan(*compose("benchmark=rigorous", "benchmark.batch_sizes=[1,8]"))
-    (note,) = [n.text for p in plan.stages if p.spec.name == "benchmark" for n in p.notes]
+    (note, gate) = [n.text for p in plan.stages if p.spec.name == "benchmark" for n in p.notes]
     for needle in ("batch sizes [1, 8]", ">= 50 calls", "alternating turns of 10", ">= 200 samples", "±0.5%",
                    "<= 120 s"):
         assert needle in note
+    assert gate.startswith("accuracy gate: top1_accuracy may drop at most 0.01")   # the rest: tests/decide
 
 
 # --- a real run: every figure present and consistent ----------------------------------------
