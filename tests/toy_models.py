@@ -67,3 +67,64 @@ class BranchyNet(nn.Module):
         if pixels.sum() > 0:   # BRANCH: the line the refusal names
             return self.head(pixels)
         return -self.head(pixels)
+
+
+class RowsRNN(nn.Module):
+    """The digits as 8 rows of 8 pixels (data=digits_rows: `rows` and `mask` by name) through
+    an LSTM or GRU, its last hidden state into a Linear head: almost every weight is in the RNN,
+    which torchao and PT2E do not quantize."""
+
+    def __init__(self, cell: str = "LSTM", hidden: int = 32, classes: int = 10):
+        super().__init__()
+        self.rnn = getattr(nn, cell)(8, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, classes)
+
+    def forward(self, rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(rows * mask.unsqueeze(-1))
+        return self.head(out[:, -1])
+
+
+def rows_lstm(hidden: int = 32, classes: int = 10) -> RowsRNN:
+    return RowsRNN("LSTM", hidden, classes)
+
+
+def rows_gru(hidden: int = 32, classes: int = 10) -> RowsRNN:
+    return RowsRNN("GRU", hidden, classes)
+
+
+class ResidualCNN(nn.Module):
+    """(B, 1, 8, 8) digits images -> 10 logits through one block written like torchvision's
+    ResNet BasicBlock (conv-bn-relu, conv-bn, `out += identity`, one ReLU module called twice):
+    the module reuse PT2E's X86InductorQuantizer fails on ("Input partition has more than one
+    output node"). `shared_relu=False` gives each call its own ReLU, which PT2E quantizes."""
+
+    def __init__(self, width: int = 8, classes: int = 10, shared_relu: bool = True):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.conv1 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.relu_out = None if shared_relu else nn.ReLU(inplace=True)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        identity = self.stem(images)
+        out = self.relu(self.bn1(self.conv1(identity)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        out = self.relu(out) if self.relu_out is None else self.relu_out(out)
+        return self.head(out.mean(dim=(2, 3)))
+
+
+class TokenBag(nn.Module):
+    """`tokens` (B, T) integer ids -> class scores, the mean of their Embedding rows: weights in
+    an Embedding only, no Linear and no matmul."""
+
+    def __init__(self, vocab: int = 50, classes: int = 10):
+        super().__init__()
+        self.table = nn.Embedding(vocab, classes)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.table(tokens).mean(dim=1)

@@ -66,6 +66,8 @@ def build(artifact: Artifact, choices: Mapping[str, str], run_dir: Path, wall_s:
     summary["size_mb"] = {"before": m.get("quantize.size_mb_before", m.get("load.size_mb")),
                           "after": m.get("quantize.size_mb", m.get("load.size_mb")),
                           "export_file": m.get("export.size_mb")}
+    if "quantize.coverage.modules" in m:   # a recipe ran ('none' logs a share of 0 and no modules)
+        summary["quantized"] = {"weights": m["quantize.coverage.params"], "flops": m.get("quantize.coverage.flops")}
     if "accuracy.accepted" in m:
         summary["accepted"] = bool(m["accuracy.accepted"])
     if m.get("compile.compile_s"):
@@ -165,6 +167,10 @@ def render(summary: Mapping[str, Any], mlflow_complete: bool = True) -> str:
     size = summary["size_mb"]
     if size["before"] is not None:
         lines.append(f"  {'model size (MB)':<20}{_num(size['before'], 2):>12}{_num(size['after'], 2):>12}")
+    quantized = summary.get("quantized")
+    if quantized:
+        flops = f"   FLOPs {quantized['flops']:.1%}" if quantized.get("flops") is not None else ""
+        lines.append(f"  {'weights quantized':<20}{'':>12}{quantized['weights']:>12.1%}{flops}")
     if size.get("export_file") is not None:
         lines.append(f"  {'export file (MB)':<20}{'':>12}{size['export_file']:>12.2f}")
     if summary.get("compile_s"):

@@ -12,8 +12,9 @@ from ptflow.core.artifact import Form
 from ptflow.stages.quantize.registry import Quantized, QuantizeJob, quantize_recipe
 
 
-@quantize_recipe("legacy_dynamic", summary="LEGACY torch.ao.quantization.quantize_dynamic, qint8 Linear",
-                 form=Form.PACKED)
+@quantize_recipe("legacy_dynamic", summary="LEGACY torch.ao.quantization.quantize_dynamic, qint8 Linear/LSTM/GRU",
+                 form=Form.PACKED, modules=("Linear", "LSTM", "GRU"),
+                 converts=("Linear", "LSTM", "GRU", "LSTMCell", "GRUCell", "RNNCell"))
 def legacy_dynamic(job: QuantizeJob) -> Quantized:
     chosen = job.selection.names(job.module)
     with warnings.catch_warnings(record=True) as caught:

@@ -8,10 +8,12 @@ compile=inductor follows.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from ptflow.core.errors import InputError
 from ptflow.core.spec import call, export_example, select_output
 from ptflow.core.stage import Environment
 from ptflow.inputs.calibration import cycle
@@ -53,22 +55,77 @@ def _export(job: QuantizeJob) -> Any:
     return torch.export.export(job.module, example.args, dict(example.kwargs), dynamic_shapes=shapes).module()
 
 
+def _prepare(prepare: Callable[[Any, Any], Any], job: QuantizeJob, quantizer: Any) -> Any:
+    """prepare_pt2e / prepare_qat_pt2e, with a known upstream failure turned into advice."""
+    exported = _export(job)
+    try:
+        return prepare(exported, quantizer)
+    except ValueError as error:
+        if "more than one output node" not in str(error):
+            raise
+        raise InputError(_shared_module_advice(job, error)) from error
+
+
+def _shared_module_advice(job: QuantizeJob, error: ValueError) -> str:
+    """X86InductorQuantizer matches patterns (conv-bn-relu, conv + add + relu) by module over
+    the whole graph before quantize.modules/include narrow anything; a module called more than
+    once (ResNet's one `self.relu` per block) makes its match span two outputs and it raises."""
+    calls: dict[str, int] = {}
+    leaves = [(n, m) for n, m in job.module.named_modules() if n and not any(m.children())]
+    hooks = [m.register_forward_pre_hook(lambda *_, n=n: calls.__setitem__(n, calls.get(n, 0) + 1)) for n, m in leaves]
+    try:
+        with torch.no_grad():
+            call(job.module, job.artifact.example.inputs)
+    except Exception:   # the advice below stands without naming the modules
+        pass
+    finally:
+        for hook in hooks:
+            hook.remove()
+    kinds = dict(leaves)
+    shared = [f"{n} ({type(kinds[n]).__name__}, {k} calls)" for n, k in calls.items() if k > 1]
+    where = f": {', '.join(shared[:4])}" if shared else " (e.g. ResNet's shared `relu`)"
+    return (f"quantize={job.config.method}: torchao's X86InductorQuantizer fails on {type(job.module).__name__} with "
+            f"{str(error)!r} (upstream: one module called more than once{where}; quantize.modules/include do "
+            "not avoid it). Give each call its own module (one nn.ReLU per use, or torch.relu) and PT2E "
+            "quantizes it; or use quantize=int8_dynamic or int8_weight_only (Linear layers only: the "
+            "convolutions stay float), or bf16")
+
+
+def _graph_converted(job: QuantizeJob, result: Quantized) -> set[str]:
+    """The modules whose ops read a dequantized constant (their int8 weight) in the converted
+    graph, named by the nn_module_stack torch.export records on each node."""
+    found = set()
+    for node in result.module.graph.nodes:
+        inputs: list[torch.fx.Node] = []
+        torch.fx.node.map_arg((node.args, node.kwargs), inputs.append)
+        stack = node.meta.get("nn_module_stack") or {}
+        if node.op == "call_function" and stack and any(_dequantized_constant(arg) for arg in inputs):
+            found.add(str(list(stack.values())[-1][0]).split("@")[0])   # "relu@1": a module's 2nd call
+    return found
+
+
+def _dequantized_constant(node: torch.fx.Node) -> bool:
+    source = node.args[0] if node.op == "call_function" and node.args else None
+    return "dequantize" in str(node.target) and isinstance(source, torch.fx.Node) and source.op == "get_attr"
+
+
 @quantize_recipe("int8_static", summary="calibrated static int8 (PT2E, X86InductorQuantizer)",
                  needs=Needs.CALIBRATION, modules=("Linear", "Conv2d"), observer=OBSERVERS,
-                 advice=_wants_inductor)
+                 advice=_wants_inductor, converted=_graph_converted)
 def int8_static(job: QuantizeJob) -> Quantized:
     import_torchao()
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer, chosen = _quantizer(job, is_qat=False)
-    prepared = prepare_pt2e(_export(job), quantizer)
+    prepared = _prepare(prepare_pt2e, job, quantizer)
     run_calibration(prepared, job.data, job.ctx)
     converted = _drop_unused(convert_pt2e(prepared))
     return Quantized(converted, converted, chosen)
 
 
 @quantize_recipe("int8_qat", summary="int8 quantization-aware fine-tuning (PT2E), then convert",
-                 needs=Needs.TRAINING, modules=("Linear", "Conv2d"), advice=_wants_inductor)
+                 needs=Needs.TRAINING, modules=("Linear", "Conv2d"), advice=_wants_inductor,
+                 converted=_graph_converted)
 def int8_qat(job: QuantizeJob) -> Quantized:
     import time
 
@@ -78,7 +135,7 @@ def int8_qat(job: QuantizeJob) -> Quantized:
 
     job.module.train().requires_grad_(True)
     quantizer, chosen = _quantizer(job, is_qat=True)
-    prepared = prepare_qat_pt2e(_export(job), quantizer)
+    prepared = _prepare(prepare_qat_pt2e, job, quantizer)
     move_exported_model_to_train(prepared)
     optimizer = torch.optim.Adam([p for p in prepared.parameters() if p.requires_grad], lr=job.config.qat.lr)
     teacher, key = job.artifact.baseline.model if job.artifact.baseline else None, job.artifact.output_key

@@ -12,14 +12,14 @@ from __future__ import annotations
 import enum
 import fnmatch
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ptflow.core.artifact import Artifact, Form
-from ptflow.core.errors import ConfigError, InputError, invalid_choice
+from ptflow.core.errors import ConfigError, InputError, Problem, invalid_choice
 from ptflow.core.stage import Environment, RunContext
 from ptflow.inputs.calibration import CalibrationData
 
@@ -84,8 +84,9 @@ class QuantizeConfig:
             raise ConfigError.single("modules" if self.modules is not None else "include" if self.include
                                      else "skip", self.modules or list(self.include or self.skip),
                                      f"null/[]: '{self.method}' changes the whole model")
-        for name in self.modules or ():
-            module_type(name)
+        problems = [problem for name in self.modules or () if (problem := _unconvertible(recipe, name))]
+        if problems:
+            raise ConfigError(problems)
 
 
 @dataclass
@@ -161,6 +162,14 @@ class Recipe:
     whole_model: bool                        # casts: no module selection
     check: Callable[[Environment], str | None] | None
     advice: Callable[[Environment], str | None] | None
+    converts: tuple[str, ...]                # module types it can convert (quantize.modules may name)
+    converted: Callable[[QuantizeJob, Quantized], Collection[str]] | None
+
+    def can_convert(self, kind: type) -> bool:
+        return any(issubclass(kind, module_type(name)) for name in self.converts)
+
+    def converts_by_default(self, kind: type) -> bool:
+        return any(issubclass(kind, module_type(name)) for name in self.modules)
 
 
 _RECIPES: dict[str, Recipe] = {}
@@ -171,16 +180,24 @@ def quantize_recipe(name: str, *, summary: str, form: Form = Form.QUANTIZED,
                     modules: Sequence[str] = ("Linear",), granularity: Sequence[str] = (),
                     observer: Sequence[str] = (), whole_model: bool = False,
                     check: Callable[[Environment], str | None] | None = None,
-                    advice: Callable[[Environment], str | None] | None = None):
+                    advice: Callable[[Environment], str | None] | None = None,
+                    converts: Sequence[str] | None = None,
+                    converted: Callable[[QuantizeJob, Quantized], Collection[str]] | None = None):
     """Register fn(QuantizeJob) -> Quantized as quantize.method=`name`.
 
+    `modules` are the torch.nn types it changes by default, `converts` every type it can
+    change (null: `modules`); quantize.modules may name only those. `converted(job, result)`
+    names the modules of the float model (job.artifact.module) whose weights the recipe
+    converted, for the coverage metrics; null: those whose weights changed type, dtype or
+    values at the same name (stages/quantize/coverage.py).
     `check(env)` returns why this machine cannot run the recipe (shown before any work);
     `advice(env)` a warning about how the pipeline uses it (shown in the plan and the run).
     """
 
     def decorate(fn):
         _RECIPES[name] = Recipe(name, fn, form, summary, frozenset(devices), needs, tuple(modules),
-                                tuple(granularity), tuple(observer), whole_model, check, advice)
+                                tuple(granularity), tuple(observer), whole_model, check, advice,
+                                tuple(modules if converts is None else converts), converted)
         return fn
 
     return decorate
@@ -190,8 +207,8 @@ def recipes() -> dict[str, Recipe]:
     return dict(_RECIPES)
 
 
-_TYPE_NAMES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose2d", "LSTM", "GRU",
-               "MultiheadAttention", "Embedding")
+_TYPE_NAMES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose2d", "LSTM", "GRU", "RNN", "LSTMCell",
+               "GRUCell", "RNNCell", "MultiheadAttention", "Embedding")
 
 
 def module_type(name: str) -> type:
@@ -209,6 +226,33 @@ def module_type(name: str) -> type:
     if not (isinstance(found, type) and issubclass(found, torch.nn.Module)):
         raise ConfigError.single("modules", name, "a torch.nn.Module subclass")
     return found
+
+
+def converters(kind: type, besides: str = "") -> list[Recipe]:
+    """The recipes that quantize modules of `kind` (casts aside), those converting it by
+    default first."""
+    found = [r for r in _RECIPES.values() if r.name != besides and not r.whole_model and r.can_convert(kind)]
+    return sorted(found, key=lambda r: not r.converts_by_default(kind))
+
+
+def handled_by(kind: type, besides: str = "") -> str:
+    """Which recipe converts modules of `kind`: 'quantize=legacy_dynamic converts LSTM'."""
+    found = converters(kind, besides)
+    if not found:
+        return f"no recipe quantizes {kind.__name__} (bf16/fp16 cast every weight)"
+    first, others = found[0], [r.name for r in found[1:3]]
+    option = "" if first.converts_by_default(kind) else f" with quantize.modules=[{kind.__name__}]"
+    also = f" (or {', '.join(others)})" if others else ""
+    return f"quantize={first.name}{option}{also} converts {kind.__name__}"
+
+
+def _unconvertible(recipe: Recipe, name: str) -> Problem | None:
+    """Why quantize.modules may not name `name` for `recipe`, or None."""
+    kind = module_type(name)
+    if recipe.form is Form.EAGER or recipe.can_convert(kind):
+        return None
+    return Problem("modules", name, f"a module type quantize={recipe.name} converts: {', '.join(recipe.converts)}",
+                   handled_by(kind, besides=recipe.name))
 
 
 def _listing(names: list[str], shown: int = 12) -> str:

@@ -10,10 +10,12 @@ import copy
 import time
 
 from ptflow.core.artifact import Artifact, Form, StageRecord
-from ptflow.core.errors import Problem
+from ptflow.core.errors import InputError, Problem
 from ptflow.core.stage import Environment, Note, RunContext, register_stage
 from ptflow.inputs.calibration import load_calibration
 from ptflow.measure.modelinfo import model_size_mb
+from ptflow.stages.quantize.coverage import (MOSTLY_FLOAT, Coverage, changed_modules, flop_shares, mostly_float,
+                                             nothing_converted, weight_modules)
 from ptflow.stages.quantize.registry import (_RECIPES, Needs, QuantizeConfig, QuantizeJob, Quantized, Selection,
                                              module_type, quantize_recipe)
 
@@ -86,20 +88,22 @@ class QuantizeStage:
     def run(self, artifact: Artifact, ctx: RunContext) -> Artifact:
         size_before = model_size_mb(artifact.module)
         if self.recipe.form is Form.EAGER:   # 'none': nothing to change, nothing to copy
-            return artifact.with_metrics({"quantize.layers": 0.0, "quantize.size_mb_before": size_before,
-                                          "quantize.size_mb": size_before})
+            return artifact.with_metrics({"quantize.layers": 0.0, "quantize.coverage.params": 0.0,
+                                          "quantize.size_mb_before": size_before, "quantize.size_mb": size_before})
         config = self.config
+        types = tuple(module_type(name) for name in (config.modules or self.recipe.modules))
+        selection = Selection(types, config.include, config.skip)
+        census = self._census(artifact.module, selection)
         data, lineage, datasets = None, artifact.lineage, artifact.datasets
         if self.recipe.needs is not Needs.NOTHING:
             data = load_calibration(artifact, config.calibration.batches, config.calibration.batch_size,
                                     ctx.device)
             datasets = datasets + (data.info,)
-        types = tuple(module_type(name) for name in (config.modules or self.recipe.modules))
-        job = QuantizeJob(copy.deepcopy(artifact.module), config, artifact, ctx,
-                          Selection(types, config.include, config.skip), data)
+        job = QuantizeJob(copy.deepcopy(artifact.module), config, artifact, ctx, selection, data)
         started = time.perf_counter()
         result = self.recipe.apply(job)
         took = time.perf_counter() - started
+        coverage = self._coverage(job, result, census)
         if data is not None:
             lineage = lineage + (StageRecord("calibrate", data.describe(), data.seconds, Form.EAGER,
                                              self.recipe.form),)
@@ -107,14 +111,44 @@ class QuantizeStage:
         metrics = {"quantize.layers": float(len(result.changed)), "quantize.quantize_s": took,
                    "quantize.size_mb_before": size_before, "quantize.size_mb": size_after,
                    "quantize.size_ratio": size_after / size_before if size_before else float("nan"),
-                   **result.metrics}
+                   **coverage.metrics(), **result.metrics}
         if data is not None:
             metrics.update({"quantize.calibration_batches": float(len(data.batches)),
                             "quantize.calibration_examples": float(data.examples),
                             "quantize.calibrate_s": data.seconds})
         return artifact.evolve(model=result.model, module=result.module, form=self.recipe.form,
                                lineage=lineage, datasets=datasets,
-                               series={**artifact.series, **result.series}).with_metrics(metrics)
+                               series={**artifact.series, **result.series}).with_metrics(metrics) \
+            .with_tags(coverage.tags())
+
+    def _census(self, module: object, selection: Selection) -> dict[str, tuple[type, int]]:
+        """The model's weight modules; refuses a recipe with nothing to convert before any work."""
+        name, recipe = type(module).__name__, self.recipe
+        census = weight_modules(module)
+        if not census:
+            raise InputError(f"quantize={recipe.name}: {name} has no weights (parameters of 2+ dimensions) to "
+                             "quantize; use quantize=none")
+        if not recipe.whole_model and not any(issubclass(kind, selection.types) for kind, _ in census.values()):
+            raise nothing_converted(Coverage.of(census, ()), recipe, selection, name, present=False)
+        return census
+
+    def _coverage(self, job: QuantizeJob, result: Quantized, census: dict[str, tuple[type, int]]) -> Coverage:
+        """What share of the weights the recipe converted: an error when none, a warning when
+        most stayed float."""
+        float_model, recipe = job.artifact.module, self.recipe
+        converted = (recipe.converted or _same_names)(job, result)
+        coverage = Coverage.of(census, set(converted), flop_shares(float_model, job.artifact.example.inputs, census))
+        name = type(float_model).__name__
+        if coverage.modules == 0:
+            raise nothing_converted(coverage, recipe, job.selection, name, present=True)
+        if coverage.params < MOSTLY_FLOAT:
+            job.ctx.warn("quantize.coverage", mostly_float(coverage, recipe, job.selection, name))
+        return coverage
+
+
+def _same_names(job: QuantizeJob, result: Quantized) -> set[str]:
+    """The default `converted`: weight modules changed in place, under the same names."""
+    return changed_modules(job.artifact.module, result.module)
 
 
 def _describe_source(node: object) -> str:

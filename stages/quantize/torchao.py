@@ -8,6 +8,10 @@ from ptflow.inputs.quiet import quiet_torchao
 from ptflow.stages.quantize.registry import Quantized, QuantizeJob, quantize_recipe
 
 FLOAT8_CAPABILITY = (8, 9)   # Ada / Hopper and later
+# quantize_ swaps in a quantized weight on any module with a `.weight`, but only Linear's and
+# Embedding's ops run on it: a Conv2d then fails in forward (aten.convolution unimplemented),
+# an LSTM (weight_ih_l0 ...) in quantize_ itself. The CUDA recipes are declared for Linear only.
+LINEAR_AND_EMBEDDING = ("Linear", "Embedding")
 
 
 def import_torchao() -> Any:
@@ -35,7 +39,7 @@ def _apply(job: QuantizeJob, config: Any) -> Quantized:
 
 
 @quantize_recipe("int8_dynamic", summary="torchao int8 weights + dynamic per-token int8 activations",
-                 granularity=("per_row", "per_tensor"))
+                 granularity=("per_row", "per_tensor"), converts=LINEAR_AND_EMBEDDING)
 def int8_dynamic(job: QuantizeJob) -> Quantized:
     ao = import_torchao()
     return _apply(job, ao.Int8DynamicActivationInt8WeightConfig(
@@ -43,7 +47,7 @@ def int8_dynamic(job: QuantizeJob) -> Quantized:
 
 
 @quantize_recipe("int8_weight_only", summary="torchao int8 weights, float activations",
-                 granularity=("per_row", "per_group"))
+                 granularity=("per_row", "per_group"), converts=LINEAR_AND_EMBEDDING)
 def int8_weight_only(job: QuantizeJob) -> Quantized:
     ao = import_torchao()
     granularity = _granularity(job.config.granularity, "per_row", job.config.group_size)

@@ -63,6 +63,11 @@ def test_every_cpu_recipe_runs_and_reports_what_it_did(tmp_path, method):
     assert (artifact.tags["accepted"] == "true") == (m["accuracy.accepted"] == 1.0)
     if method == "none":
         assert m["benchmark.fidelity.output.max_abs_error"] == 0 and m["benchmark.fidelity.output.cosine"] == 1
+    # every recipe converts every Linear of the MLP (autocast: each runs in low precision)
+    assert m["quantize.coverage.params"] == (0.0 if method == "none" else 1.0)
+    if method != "none":
+        assert m["quantize.coverage.flops"] == pytest.approx(1.0) and m["quantize.coverage.modules"] == 3
+    assert "quantize.coverage" not in warnings and "quantize.skipped" not in artifact.tags
     if method == "legacy_dynamic":
         assert artifact.form is Form.PACKED and "deprecated" in warnings["quantize.legacy"]
 
