@@ -10,8 +10,10 @@ ptflow registers a model it downloads it and checks, naming the first mismatch:
   store agrees with the run dir's, when that is on this machine);
 - its ``MLmodel`` holds exactly the flavours ptflow writes (``pytorch`` + ``python_function``
   loading with ``mlflow.pytorch``, or ``onnx`` + ``python_function`` with ``mlflow.onnx``),
-  with no ``code``, no ``python_model``, no other loader;
-- it holds no file ptflow did not write (no ``model.pth`` for MLflow to unpickle, no
+  with no ``code``, no ``python_model``, no other loader — except a ``.pt2`` whose manifest
+  entry ``requires`` modules: its pyfunc loader is ``code/ptflow_loader.py``, byte for byte
+  the text ptflow writes for exactly those modules;
+- it holds no file ptflow did not write (no ``model.pth`` for MLflow to unpickle, no other
   ``code/``), and its requirements name only the packages its manifest pins;
 - a ``.pt2`` passes the archive audit (``ptflow.inputs.archive_audit``): no pickled code.
 """
@@ -99,8 +101,12 @@ def check_model_dir(folder: Path, fmt: str, entry: Mapping[str, Any], run_id: st
 
     from ptflow.core.files import sha256_file
 
+    from ptflow.runs.model_loader import LOADER_MODULE, loader_source
+
     files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
-    extra = sorted(files - COMMON_FILES - {MODEL_FILE[fmt]})
+    requires = entry.get("requires") or [] if fmt == "pt2" else []
+    loader_file = f"code/{LOADER_MODULE}.py"
+    extra = sorted(files - COMMON_FILES - {MODEL_FILE[fmt]} - ({loader_file} if requires else set()))
     if extra:
         raise Untrusted(f"the model holds files ptflow does not write: {', '.join(extra[:5])}")
     model_file = folder / MODEL_FILE[fmt]
@@ -114,7 +120,15 @@ def check_model_dir(folder: Path, fmt: str, entry: Mapping[str, Any], run_id: st
         mlmodel = yaml.safe_load((folder / "MLmodel").read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as error:
         raise Untrusted(f"its MLmodel cannot be read: {error}") from None
-    _check_mlmodel(mlmodel, fmt, run_id)
+    if requires:
+        try:
+            expected_loader = loader_source(list(requires))
+        except ValueError as error:
+            raise Untrusted(f"the run's manifest requires {error}") from None
+        loader_path = folder / loader_file
+        if loader_path.is_file() and loader_path.read_bytes() != expected_loader.encode("utf-8"):
+            raise Untrusted(f"its {loader_file} is not the loader ptflow writes for {list(requires)}")
+    _check_mlmodel(mlmodel, fmt, run_id, loader=(folder / loader_file).is_file() and bool(requires))
     _check_requirements(folder, entry)
     if fmt == "pt2":
         from ptflow.inputs.archive_audit import audit_pt2_bytes
@@ -124,12 +138,17 @@ def check_model_dir(folder: Path, fmt: str, entry: Mapping[str, Any], run_id: st
             raise Untrusted(f"its {MODEL_FILE[fmt]} would run code when loaded: {problems[0]}")
 
 
-def _check_mlmodel(mlmodel: Any, fmt: str, run_id: str | None) -> None:
+def _check_mlmodel(mlmodel: Any, fmt: str, run_id: str | None, loader: bool = False) -> None:
     if not isinstance(mlmodel, dict) or not isinstance(mlmodel.get("flavors"), dict):
         raise Untrusted("its MLmodel has no flavors")
     if run_id is not None and mlmodel.get("run_id") not in (None, run_id):
         raise Untrusted(f"its MLmodel names run {mlmodel.get('run_id')}, not {run_id}")
     flavours, expected = mlmodel["flavors"], FLAVOURS[fmt]
+    if loader:   # the pt2 pyfunc loads through code/ptflow_loader.py (checked by the caller)
+        from ptflow.runs.model_loader import LOADER_MODULE
+
+        expected = {**expected, "python_function": {**expected["python_function"], "loader_module": LOADER_MODULE,
+                                                    "code": "code"}}
     unknown = sorted(set(flavours) - set(expected))
     if unknown or MAIN_FLAVOUR[fmt] not in flavours:
         raise Untrusted(f"its MLmodel has flavours {sorted(flavours)}; ptflow writes {sorted(expected)}")

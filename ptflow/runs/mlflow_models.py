@@ -6,6 +6,14 @@ linked to the run, loadable with ``mlflow.pytorch.load_model`` / ``mlflow.onnx.l
 and, where MLflow's flavor can, ``mlflow.pyfunc.load_model``) and registers one under
 ``export.register_as`` once the store's copy is checked (``ptflow.runs.logged_model_check``).
 The model holds the very bytes the manifest hashes: nothing is re-exported or re-saved. Signature and input example come from ``<name>.example.safetensors``.
+
+A ``.pt2`` that needs modules imported before it loads (its manifest entry's ``requires``:
+PT2E's operator library, a Hugging Face output class, torchao's tensor subclasses) gets
+their packages in ``requirements.txt`` and, for ``mlflow.pyfunc.load_model`` and ``mlflow
+models serve``, a loader module ``code/ptflow_loader.py`` that imports exactly those modules
+and then loads the file as ``mlflow.pytorch`` does (its text is fixed by ``loader_source``,
+so the check before registering can compare it byte for byte). ``mlflow.pytorch.load_model``
+runs no model code: import the ``requires`` modules first, as the manifest's load line does.
 """
 from __future__ import annotations
 
@@ -20,7 +28,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from ptflow.runs.model_loader import LOADER_MODULE, loader_source
+
 MODEL_FORMATS = ("pt2", "onnx")        # in the order register_as prefers them
+
 MODEL_TAG = "ptflow.model.{fmt}"       # run tag: the logged model's models:/ URI
 REGISTERED_TAG = "ptflow.registered"   # run tag: <name>/<version> when register_as registered one
 AWAIT_REGISTRATION_S = 60
@@ -163,6 +174,7 @@ def _log_pt2(file: Path, manifest: Mapping[str, Any], example: Mapping[str, Any]
     requirements = _requirements(manifest, "pt2")
     # MLflow's pytorch pyfunc feeds one array and expects one tensor back
     pyfunc = not isinstance(input_example, dict) and len(example["outputs"]) == 1
+    requires = next(e for e in manifest["files"] if e["format"] == "pt2").get("requires") or []
 
     def save_model(path: str, mlflow_model: Any, **_: Any) -> None:
         import mlflow
@@ -178,8 +190,14 @@ def _log_pt2(file: Path, manifest: Mapping[str, Any], example: Mapping[str, Any]
         torch_version = manifest.get("versions", {}).get("torch", "")
         mlflow_model.add_flavor("pytorch", model_data="data", pytorch_version=torch_version, code=None)
         if pyfunc:
-            mlflow.pyfunc.add_to_model(mlflow_model, loader_module="mlflow.pytorch", data="data",
-                                       pickle_module_name="mlflow.pytorch.pickle_module", code=None,
+            loader = "mlflow.pytorch"
+            if requires:   # a loader that imports what the file needs, then mlflow.pytorch's
+                (root / "code").mkdir()
+                (root / "code" / f"{LOADER_MODULE}.py").write_text(loader_source(requires), encoding="utf-8")
+                loader = LOADER_MODULE
+            mlflow.pyfunc.add_to_model(mlflow_model, loader_module=loader, data="data",
+                                       pickle_module_name="mlflow.pytorch.pickle_module",
+                                       code="code" if requires else None,
                                        conda_env="conda.yaml", python_env="python_env.yaml",
                                        model_config={"device": None})
         mlflow_model.save(str(root / "MLmodel"))

@@ -5,7 +5,9 @@ living runtimes. torch warns on every TorchScript call; ptflow reports it once p
 from __future__ import annotations
 
 import re
+import os
 import warnings
+from pathlib import Path
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -39,8 +41,11 @@ DATA_DEPENDENT = "might cause the trace to be incorrect"
 def trace_refusal(caught: Sequence[warnings.WarningMessage], what: str, model: Any, fix: str) -> str | None:
     """Why a trace that warned of a data-dependent step is refused (with torch's words, the
     model's source line and `fix`), or None."""
+    torch_dir = str(Path(torch.__file__).resolve().parent)
+    # torch's own checks (torch._assert in a PT2E graph) test values but compute nothing: not a branch
     found = next((w for w in caught if issubclass(w.category, torch.jit.TracerWarning)
-                  and DATA_DEPENDENT in str(w.message)), None)
+                  and DATA_DEPENDENT in str(w.message)
+                  and not str(Path(w.filename).resolve()).startswith(torch_dir + os.sep)), None)
     if found is None:
         return None
     said = str(found.message).split(". ")[0].strip().rstrip(".")

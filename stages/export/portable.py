@@ -77,7 +77,9 @@ for _recipe in ("bf16", "autocast_bf16"):   # autocast's exported graph runs eac
                               "check it: pick quantize=fp16 or none for ONNX")
 
 
-@export_format("onnx", suffix=".onnx", load=_load_onnx, tolerance=1e-3,
+@export_format("onnx", suffix=".onnx", load=_load_onnx, tolerance=1e-3, uses_export=True, host_inputs=True,
+               call_hint="out = s.run(None, {i.name: t.numpy() for i, t in zip(s.get_inputs(), "
+                         "[*args, *kwargs.values()])})",
                packages=("torch", "onnx", "onnxscript", "onnxruntime"),
                summary="ONNX via torch.onnx.export(dynamo=True); checked with onnxruntime (CPU)",
                load_hint="import onnxruntime; s = onnxruntime.InferenceSession({file!r})",

@@ -67,6 +67,16 @@ class ExportFormat:
     tolerance: float                             # default largest max-abs difference after reload
     packages: tuple[str, ...]                    # distributions needed to load the file
     load_hint: str                               # one line of Python; {file} is the file name
+    call_hint: str | None = None                 # Python computing `out` from what load_hint loaded and
+                                                 # `args`/`kwargs`; None: the file holds weights only
+    program: bool = False                        # a torch.export program: its ops and output classes
+                                                 # must be importable to load it (requires.py)
+    uses_export: bool = False                    # written from torch.export's program: the eager model
+                                                 # is traced right after validate (diagnose.trace_check)
+    host_inputs: bool = False                    # call_hint takes CPU tensors (onnxruntime's numpy), not
+                                                 # tensors on the run's device
+    precheck: Callable[[Any, ModelInputs], None] | None = None   # (eager module, inputs) right after
+                                                 # validate: raise InputError for what would fail the write
     refuses: Mapping[Form, str] = field(default_factory=dict)
     refuses_recipes: Mapping[str, str] = field(default_factory=dict)
     summary: str = ""
@@ -76,13 +86,20 @@ _FORMATS: dict[str, ExportFormat] = {}
 
 
 def export_format(name: str, *, suffix: str, load: Callable[[Path, ExportJob], Reloaded], tolerance: float,
-                  load_hint: str, packages: Sequence[str] = ("torch",), summary: str = "",
+                  load_hint: str, call_hint: str | None = None, program: bool = False, uses_export: bool = False,
+                  host_inputs: bool = False, precheck: Callable[[Any, ModelInputs], None] | None = None,
+                  packages: Sequence[str] = ("torch",), summary: str = "",
                   refuses: Mapping[Form, str] | None = None, refuses_recipes: Mapping[str, str] | None = None):
-    """Register fn(ExportJob, path) -> extra manifest fields as export format `name`."""
+    """Register fn(ExportJob, path) -> extra manifest fields as export format `name`.
+
+    ``load_hint`` and ``call_hint`` are what the manifest tells a user to run, and what the
+    fresh-process check runs: ``load_hint`` (``{file}`` is the file name) loads the file,
+    ``call_hint`` computes ``out`` from ``args`` and ``kwargs`` with what it loaded."""
 
     def decorate(fn):
-        _FORMATS[name] = ExportFormat(name, suffix, fn, load, tolerance, tuple(packages), load_hint,
-                                      dict(refuses or {}), dict(refuses_recipes or {}), summary)
+        _FORMATS[name] = ExportFormat(name, suffix, fn, load, tolerance, tuple(packages), load_hint, call_hint,
+                                      program, uses_export, host_inputs, precheck, dict(refuses or {}),
+                                      dict(refuses_recipes or {}), summary)
         return fn
 
     return decorate
@@ -106,9 +123,13 @@ def flat_inputs(inputs: ModelInputs) -> list[Any]:
     return list(inputs.args) + list(inputs.kwargs.values())
 
 
+REGISTERED_BY_PTFLOW: set[type] = set()   # dataclasses register_output_types made pytree nodes
+
+
 def register_output_types(value: object) -> None:
     """torch.export needs dataclass outputs registered as pytree nodes (Hugging Face's
-    ModelOutput does this itself); register any plain dataclass the model returns."""
+    ModelOutput does this itself); register any plain dataclass the model returns (a fresh
+    process loading the file must then register it too: the manifest's load line does)."""
     import torch
     from torch.utils import _pytree
 
@@ -116,6 +137,7 @@ def register_output_types(value: object) -> None:
         if type(value) not in _pytree.SUPPORTED_NODES:
             cls = type(value)
             torch.export.register_dataclass(cls, serialized_type_name=f"{cls.__module__}.{cls.__qualname__}")
+            REGISTERED_BY_PTFLOW.add(cls)
         children = [getattr(value, f.name) for f in dataclasses.fields(value)]
     elif isinstance(value, dict):
         children = list(value.values())
@@ -127,14 +149,18 @@ def register_output_types(value: object) -> None:
         register_output_types(child)
 
 
-def output_packages(value: object) -> set[str]:
-    """Top-level packages of the classes a model's outputs are made of (e.g. transformers),
-    beyond builtins and torch: loading the file needs them importable."""
-    found: set[str] = set()
+def output_classes(value: object) -> list[type]:
+    """Classes of the containers in a model's output that are not builtins or torch's (pytree
+    nodes a loading process must know: a Hugging Face ModelOutput, a dataclass)."""
+    import torch
+
+    found: list[type] = []
+    if isinstance(value, torch.Tensor) or value is None:
+        return found
     if isinstance(value, (dict, list, tuple)) or dataclasses.is_dataclass(value):
-        root = type(value).__module__.split(".")[0]
-        if root not in ("builtins", "torch"):
-            found.add(root)
+        cls = type(value)
+        if cls.__module__ not in ("builtins", "collections") and not cls.__module__.startswith("torch"):
+            found.append(cls)
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             children = [getattr(value, f.name) for f in dataclasses.fields(value)]
         elif isinstance(value, dict):
@@ -142,5 +168,11 @@ def output_packages(value: object) -> set[str]:
         else:
             children = list(value)
         for child in children:
-            found |= output_packages(child)
+            found.extend(c for c in output_classes(child) if c not in found)
     return found
+
+
+def output_packages(value: object) -> set[str]:
+    """Top-level packages of the classes a model's outputs are made of (e.g. transformers),
+    beyond builtins and torch: loading the file needs them importable."""
+    return {cls.__module__.split(".")[0] for cls in output_classes(value)}

@@ -33,11 +33,14 @@ from ptflow.core.artifact import Artifact, Form
 from ptflow.core.errors import ConfigError, InputError, Problem, invalid_choice
 from ptflow.core.files import creatable_dir_problem, partial_file, sha256_file, write_atomic
 from ptflow.core.spec import BATCH_DIM, ModelInputs, call, export_example, flatten_outputs
-from ptflow.core.stage import Environment, RunContext, register_stage
+from ptflow.core.stage import Environment, Note, RunContext, register_stage
 from ptflow.core.targets import resolve_path
+from ptflow.stages.export import fresh
+from ptflow.stages.export.diagnose import diagnose, trace_check
 from ptflow.stages.export.example import write_example
-from ptflow.stages.export.registry import (TENSOR_SUBCLASS_RECIPES, ExportFormat, ExportJob, formats,
-                                          output_packages, register_output_types)
+from ptflow.stages.export.registry import (REGISTERED_BY_PTFLOW, ExportFormat, ExportJob, formats, output_packages,
+                                          register_output_types)
+from ptflow.stages.export.requires import Needs, program_needs
 
 TORCH_EXPORT_FORMS = frozenset(Form)   # minus what a chosen format refuses (consumes())
 MLFLOW_MODEL_FORMATS = ("pt2", "onnx")  # logged as MLflow models; register_as registers the first present
@@ -51,6 +54,7 @@ class ExportConfig:
     name: str = "model"           # file stem: <name>.pt2, <name>.onnx, ...
     strict: bool = False          # torch.export strict (TorchDynamo) tracing
     verify: bool = True           # reload each file and compare it with the in-memory model
+    fresh_check: bool = True      # also load each file in a new Python process by its manifest's load line
     tolerance: dict[str, float] = field(default_factory=dict)   # per format; absent: the format's default
     opset: int | None = None      # ONNX opset; null: the exporter's default
     register_as: str | None = None   # register the MLflow model (pt2, else onnx) under this name
@@ -136,6 +140,36 @@ class ExportStage:
                                         f"{reason}; pick another export.dir, or null for <run dir>/export"))
         return problems
 
+    def explain(self, env: Environment) -> list[Note]:
+        traced = [fmt.name for fmt in self.formats if fmt.uses_export]
+        notes = []
+        if traced:
+            notes.append(Note(f"checked right after validate: the unoptimized model is traced once with torch.export "
+                              f"and the run's dynamic dims ({', '.join(traced)} need it), so a dim or a branch "
+                              "torch.export cannot take stops the run before quantize, compile or benchmark"))
+        for fmt in self.formats:
+            if fmt.precheck is not None:
+                notes.append(Note(f"checked right after validate: {fmt.name}'s own trial on the unoptimized model"))
+        return notes
+
+    def early_check(self, artifact: Artifact, ctx: RunContext) -> dict[str, float]:
+        """Before the expensive stages: torch.export's trace of the eager model with the declared
+        dynamic dims (once, for every format built on it), and each format's own precheck (the
+        torchscript trace); InputError with torch's diagnosis in the run's terms."""
+        prechecks = [fmt for fmt in self.formats if fmt.precheck is not None]
+        traced = [fmt.name for fmt in self.formats if fmt.uses_export]
+        if artifact.form is not Form.EAGER or not (traced or prechecks):
+            return {}
+        started = time.perf_counter()
+        if traced:
+            with torch.inference_mode():
+                register_output_types(call(artifact.module, artifact.example.inputs))
+            trace_check(artifact.module, artifact.inputs, artifact.example.inputs, strict=self.config.strict,
+                        dynamic=True, what=f"export.formats={','.join(traced)}")
+        for fmt in prechecks:
+            fmt.precheck(artifact.module, export_example(artifact.inputs, artifact.example.inputs)[0])
+        return {"export.trace_check_s": time.perf_counter() - started}
+
     def run(self, artifact: Artifact, ctx: RunContext) -> Artifact:
         out_dir = resolve_path(self.config.dir) if self.config.dir else ctx.run_dir / "export"
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -150,25 +184,38 @@ class ExportStage:
         metrics: dict[str, float] = {}
         entries: list[dict[str, Any]] = []
         moves: list[tuple[Path, Path]] = []
+        fresh_checks: list[fresh.FreshCheck] = []
         reloaded_program = None
         with contextlib.ExitStack() as stack:
-            for fmt in self.formats:
-                target = out_dir / f"{self.config.name}{fmt.suffix}"
-                # the partial keeps the final suffix (torch.export and AOTI want .pt2)
-                partial = stack.enter_context(partial_file(
-                    out_dir / f".{self.config.name}.partial-{os.getpid()}{fmt.suffix}"))
-                entry, reloaded = self._write_one(fmt, job, partial, target, checks, expected)
-                if fmt.name == "pt2":
-                    reloaded_program = reloaded
-                metrics.update({f"export.{fmt.name}.{k}": v for k, v in entry["metrics"].items()})
-                entries.append(entry)
-                moves.append((partial, target))
+            # the example first: the fresh-process check of each file runs on its inputs
             example_target = out_dir / f"{self.config.name}.example.safetensors"
             example_partial = stack.enter_context(partial_file(
                 out_dir / f".{self.config.name}.partial-{os.getpid()}.example.safetensors"))
             example = write_example(example_partial, artifact, artifact.module, expected)
             example.update(file=example_target.name, sha256=sha256_file(example_partial))
+            if self.config.verify and self.config.fresh_check:   # started now: they import torch meanwhile
+                fresh_checks = [fresh.spawn(out_dir) for _ in self.formats]
+            stack.callback(lambda: [check.kill() for check in fresh_checks])
+            for index, fmt in enumerate(self.formats):
+                target = out_dir / f"{self.config.name}{fmt.suffix}"
+                # the partial keeps the final suffix (torch.export and AOTI want .pt2)
+                partial = stack.enter_context(partial_file(
+                    out_dir / f".{self.config.name}.partial-{os.getpid()}{fmt.suffix}"))
+                entry, reloaded = self._write_one(fmt, job, partial, target, checks, expected, sample_output)
+                if fresh_checks:
+                    fresh_checks[index].send(fmt.name, entry["load"].replace(repr(target.name), repr(partial.name)),
+                                             entry["call"], example, example_partial.name, entry.get("tensors", 0),
+                                             "cpu" if fmt.host_inputs else artifact.device)
+                if fmt.name == "pt2":
+                    reloaded_program = reloaded
+                metrics.update({f"export.{fmt.name}.{k}": v for k, v in entry["metrics"].items()})
+                entries.append(entry)
+                moves.append((partial, target))
             moves.append((example_partial, example_target))
+            for check, entry in zip(fresh_checks, entries):
+                seconds = _fresh_result(check, entry, self.config.tolerance_of(formats()[check.format]))
+                metrics[f"export.{check.format}.fresh_check_s"] = seconds
+                entry["metrics"]["fresh_check_s"] = seconds
             first = self.formats[0].name   # the run's headline export metrics: the first format's
             metrics.update({f"export.{k}": metrics[f"export.{first}.{k}"]
                             for k in ("export_s", "size_mb", "reload_max_abs_error")})
@@ -193,7 +240,8 @@ class ExportStage:
         return artifact.with_metrics(metrics).with_files(files)
 
     def _write_one(self, fmt: ExportFormat, job: ExportJob, partial: Path, target: Path,
-                   checks: list[ModelInputs], expected: list[list[torch.Tensor]]) -> tuple[dict[str, Any], Any]:
+                   checks: list[ModelInputs], expected: list[list[torch.Tensor]],
+                   sample_output: object) -> tuple[dict[str, Any], Any]:
         """Write one format to `partial`, reload it fresh and compare; its manifest entry."""
         started = time.perf_counter()
         _check_free_space(partial, _expected_mb(job.artifact))
@@ -205,12 +253,13 @@ class ExportStage:
                 runner = fmt.load(partial, job)
                 error = _max_abs_error(runner, checks, expected, fmt.name)
                 reloaded = getattr(runner, "module", None)
+            needs = program_needs(job.program(), sample_output, REGISTERED_BY_PTFLOW) if fmt.program else Needs()
+            needs = needs.plus(extra.pop("requires", ()))   # what the writer found its file needs
         except (OSError, InputError):
             raise
         except Exception as error_:   # name the format: the stage name alone does not say which failed
-            raise InputError(f"export.formats={fmt.name}: writing or reloading the {fmt.name} file failed "
-                             f"({type(error_).__name__}: {str(error_).strip().splitlines()[0] if str(error_).strip() else ''})"
-                             f"; drop '{fmt.name}' from export.formats, or see the log for the traceback") from error_
+            raise InputError(f"export.formats={fmt.name}: writing or reloading the {fmt.name} file failed: "
+                             f"{diagnose(error_, job.spec)}") from error_
         tolerance = self.config.tolerance_of(fmt)
         if error > tolerance:
             raise InputError(f"export.formats={fmt.name}: the reloaded file differs from the model by {error:.3g} "
@@ -220,11 +269,32 @@ class ExportStage:
         if reloaded is None and fmt.name == "pt2":
             reloaded = job.program().module()
         size = partial.stat().st_size
+        packages = tuple(dict.fromkeys(fmt.packages + tuple(needs.distributions())))
         entry = {"format": fmt.name, "file": target.name, "sha256": sha256_file(partial), "size_bytes": size,
-                 "load": fmt.load_hint.format(file=target.name), "tolerance": tolerance,
-                 "versions": _package_versions(fmt.packages), **extra,
+                 "load": needs.statements() + fmt.load_hint.format(file=target.name), "call": fmt.call_hint,
+                 "requires": list(needs.imports), "tolerance": tolerance,
+                 "versions": _package_versions(packages), **extra,
                  "metrics": {"export_s": export_s, "size_mb": size / 1e6, "reload_max_abs_error": error}}
         return entry, reloaded
+
+
+def _fresh_result(check: fresh.FreshCheck, entry: dict[str, Any], tolerance: float) -> float:
+    """Wait for the fresh-process check of `entry`'s file; raise InputError unless it loaded
+    and gave the example's outputs. Its wall time."""
+    result = check.result()
+    name = check.format
+    if not result["ok"]:
+        step = {"load": "does not load", "call": "loads but fails on the example inputs",
+                "compare": "loads but returns something else"}.get(result.get("step"), "fails")
+        needs = f" (it imports {', '.join(entry['requires'])} first)" if entry.get("requires") else ""
+        raise InputError(f"export.formats={name}: the file {step} in a fresh Python process that runs only its "
+                         f"manifest's load line{needs}: {result['error']}. The load line: {entry['load']}. A user "
+                         f"loading the file would hit this too; drop '{name}' from export.formats, or register "
+                         "what it needs in a module the load line can import")
+    if result["max_abs_error"] > tolerance:
+        raise InputError(f"export.formats={name}: loaded in a fresh process, the file's outputs differ from the "
+                         f"example's by {result['max_abs_error']:.3g} (export.tolerance.{name}={tolerance})")
+    return float(result["seconds"])
 
 
 def _check_inputs(artifact: Artifact) -> list[ModelInputs]:
@@ -307,12 +377,6 @@ def _manifest(artifact: Artifact, ctx: RunContext, entries: list[dict[str, Any]]
               metrics: dict[str, float]) -> dict[str, Any]:
     """Every file with what loading it needs; the inputs (str shapes = dynamic dims) and the run."""
     extra = sorted(output_packages(sample_output))   # e.g. transformers: its output classes
-    subclassed = any(r.name == "quantize" and r.config.get("method") in TENSOR_SUBCLASS_RECIPES
-                     for r in artifact.lineage)
-    for entry in entries:
-        entry["versions"].update(_package_versions(tuple(extra)))
-        if subclassed and entry["format"] in ("pt2", "aoti"):   # torchao's ops: loading imports it
-            entry["versions"].update(_package_versions(("torchao",)))
     return {
         "files": entries,
         "source_form": artifact.form.value,

@@ -35,7 +35,8 @@ def _load_pt2(path: Path, job: ExportJob):
     return run
 
 
-@export_format("pt2", suffix=".pt2", load=_load_pt2, tolerance=1e-4, refuses=_NEEDS_EXPORT,
+@export_format("pt2", suffix=".pt2", load=_load_pt2, tolerance=1e-4, refuses=_NEEDS_EXPORT, program=True, uses_export=True,
+               call_hint="out = m(*args, **kwargs)",
                summary="torch.export program (ExportedProgram), dynamic dims kept",
                load_hint="import torch; m = torch.export.load({file!r}).module()")
 def write_pt2(job: ExportJob, path: Path) -> dict[str, Any]:
@@ -128,7 +129,8 @@ def _one_copy_of_build_commands(source: bytes) -> bytes:
     return source if last is None else source[:end] + last
 
 
-@export_format("aoti", suffix=".aoti.pt2", load=_load_aoti, tolerance=1e-3, refuses=_NEEDS_EXPORT,
+@export_format("aoti", suffix=".aoti.pt2", load=_load_aoti, tolerance=1e-3, refuses=_NEEDS_EXPORT, program=True, uses_export=True,
+               call_hint="out = m(*args, **kwargs)",
                summary="AOTInductor: the program compiled ahead of time to a shared library, packaged",
                load_hint="import torch; m = torch._inductor.aoti_load_package({file!r})")
 def write_aoti(job: ExportJob, path: Path) -> dict[str, Any]:
@@ -163,7 +165,37 @@ _SUBCLASS_TS = ("torch.jit.trace cannot record torchao's quantized tensor subcla
                 "the tracer): pick quantize=none, a cast (bf16/fp16) or legacy_dynamic for TorchScript")
 
 
+_TS_FIX = ("Leave torchscript out of export.formats, or rewrite the step with torch.where or torch.cond (then "
+           "torch.export, and so pt2 and onnx, can take it too)")
+
+
+def _trace(module: Any, example: ModelInputs) -> tuple[Any, list[warnings.WarningMessage]]:
+    """torch.jit.trace of `module` (a ScriptModule as it is), with the warnings it raised."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if isinstance(module, torch.jit.ScriptModule):
+            scripted = module                     # already TorchScript: saved as it is
+        elif example.kwargs and not example.args:
+            scripted = torch.jit.trace(module, example_kwarg_inputs=dict(example.kwargs), strict=False)
+        else:
+            scripted = torch.jit.trace(module, tuple(flat_inputs(example)), strict=False)
+    return scripted, caught
+
+
+def _trace_precheck(module: Any, example: ModelInputs) -> None:
+    """Right after validate: a trace of the eager model that depends on its input's values stops
+    the run before quantize (the written file would hold another model)."""
+    from ptflow.stages.compile.legacy import trace_refusal
+
+    with torch.no_grad():
+        _, caught = _trace(module, example)
+    refused = trace_refusal(caught, "export.formats=torchscript (checked right after validate)", module, _TS_FIX)
+    if refused:
+        raise InputError(refused)
+
+
 @export_format("torchscript", suffix=".ts", load=_load_torchscript, tolerance=1e-4,
+               call_hint="out = m(*args, **kwargs)", precheck=_trace_precheck,
                summary="LEGACY TorchScript (torch.jit.trace) for consumers that still load it",
                load_hint="import torch; m = torch.jit.load({file!r})",
                refuses={Form.EXPORTED: "a torch.export program is traced by torch.export, not torch.jit; "
@@ -171,21 +203,15 @@ _SUBCLASS_TS = ("torch.jit.trace cannot record torchao's quantized tensor subcla
                                        "or pick export.formats=[pt2]"},
                refuses_recipes={r: _SUBCLASS_TS for r in TENSOR_SUBCLASS_RECIPES})
 def write_torchscript(job: ExportJob, path: Path) -> dict[str, Any]:
-    with warnings.catch_warnings(record=True) as caught:
+    scripted, caught = _trace(job.module, job.example)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(record=True) as saving:
         warnings.simplefilter("always")
-        if isinstance(job.module, torch.jit.ScriptModule):
-            scripted = job.module                     # already TorchScript: saved as it is
-        elif job.example.kwargs and not job.example.args:
-            scripted = torch.jit.trace(job.module, example_kwarg_inputs=dict(job.example.kwargs), strict=False)
-        else:
-            scripted = torch.jit.trace(job.module, tuple(flat_inputs(job.example)), strict=False)
-        buffer = io.BytesIO()
         torch.jit.save(scripted, buffer)
+    caught = list(caught) + list(saving)
     from ptflow.stages.compile.legacy import trace_refusal
 
-    refused = trace_refusal(caught, "export.formats=torchscript", job.module,
-                            "Leave torchscript out of export.formats, or rewrite the step with torch.where or "
-                            "torch.cond (then torch.export, and so pt2 and onnx, can take it too)")
+    refused = trace_refusal(caught, "export.formats=torchscript", job.module, _TS_FIX)
     if refused:   # the file would hold another model: no tolerance makes it right
         raise InputError(refused)
     deprecations = sorted({str(w.message).splitlines()[0] for w in caught
@@ -195,4 +221,8 @@ def write_torchscript(job: ExportJob, path: Path) -> dict[str, Any]:
         job.ctx.warn("export.torchscript", f"torch.jit is deprecated ({len(deprecations)} distinct warning(s), "
                      f"e.g. {deprecations[0]!r}); torchscript is kept for legacy consumers — prefer pt2")
     write_bytes(path, buffer.getbuffer())
-    return {"traced_with": [list(t.shape) for t in flat_inputs(job.example)]}
+    from ptflow.stages.export.requires import op_modules, script_ops
+
+    # a traced PT2E graph calls quantized_decomposed ops: torch.jit.load needs them registered too
+    return {"traced_with": [list(t.shape) for t in flat_inputs(job.example)],
+            "requires": op_modules(script_ops(scripted))}

@@ -2,6 +2,7 @@
 loss returned where the task output should be."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -160,6 +161,10 @@ def test_a_saved_hugging_face_model_runs_through_export(tmp_path):
     assert [p for p, _ in artifact.baseline.outputs[0]] == ["output.logits"]
     assert artifact.form is Form.EXPORTED and artifact.metrics["export.reload_max_abs_error"] < 1e-4
     assert os.environ.get("HF_HUB_OFFLINE") is None   # set only while loading
+    # its output class is a pytree node transformers registers: a fresh process imports it first
+    (entry,) = json.loads((tmp_path / "export" / "manifest.json").read_text())["files"]
+    assert entry["requires"] == ["transformers.modeling_outputs"] and "transformers" in entry["versions"]
+    assert artifact.metrics["export.pt2.fresh_check_s"] > 0
 
 
 def test_a_hugging_face_directory_without_config_json_is_named(tmp_path):

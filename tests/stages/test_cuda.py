@@ -24,3 +24,14 @@ def test_cuda_graphs_mode_runs_on_cuda(ptflow):
     assert result.code == 0, result.stderr
     (run,) = mlflow_runs(result)
     assert run.data.metrics["compile/compile_s"] > 0
+
+
+def test_a_cuda_export_loads_and_runs_in_a_fresh_process(ptflow):
+    """The fresh-process check feeds the example's inputs on the run's device (onnx: on the host)."""
+    import json
+
+    result = ptflow("device=cuda", "quantize=none", "benchmark=quick", "export.formats=[pt2,onnx]",
+                    "pipeline=[load,validate,export]")
+    assert result.code == 0, result.stderr
+    (path,) = result.outputs.glob("runs/*/*/export/manifest.json")
+    assert all(e["metrics"]["fresh_check_s"] > 0 for e in json.loads(path.read_text())["files"])

@@ -17,8 +17,9 @@ from ptflow.stages.export import formats
 import ptflow.stages.export.stage  # noqa: F401 (the stage registers the formats ptflow ships)
 from tests.conftest import compose, make_context
 
+# the fresh-process check has its own tests (test_export_fresh.py, and every table cell in the slow suite)
 TINY = ("model.weights=null", "model.builder.hidden=32", "model.builder.depth=2", "data.max_batches=1",
-        "benchmark=quick", "tracking=none")
+        "benchmark=quick", "tracking=none", "export.fresh_check=false")
 EXPORT_ONLY = "pipeline=[load,validate,export]"
 FAST = ("pt2", "onnx", "safetensors", "torchscript")
 ALL = "export.formats=[pt2,onnx,safetensors,torchscript]"
