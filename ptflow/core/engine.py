@@ -54,15 +54,37 @@ def run(plan: Plan, ctx: RunContext, hooks: Sequence[Any] = ()) -> Artifact:
     _emit(hooks, "before_run", plan, ctx)
     try:
         with tqdm(plan.stages, desc="pipeline", unit="stage", leave=False, disable=None) as bar:
-            for planned in bar:
+            for index, planned in enumerate(bar):
                 bar.set_postfix_str(planned.name)
                 artifact = _run_stage(planned, artifact, ctx, hooks)
+                if "baseline" in planned.stage.provides:
+                    artifact = _early_checks(plan.stages[index + 1:], artifact, ctx, hooks)
         return artifact
     except BaseException as exc:
         error = exc
         raise
     finally:
         _emit(hooks, "after_run", artifact, error)
+
+
+def _early_checks(later: Sequence[PlannedStage], artifact: Artifact, ctx: RunContext,
+                  hooks: Sequence[Any]) -> Artifact:
+    """Right after the baseline is recorded, each later stage with an ``early_check`` looks at
+    the unoptimized model for what would make it fail much later (export's torch.export trace
+    with the run's dynamic dims): a failure stops the run now, named by that stage, before any
+    quantize, compile or benchmark work. Each check returns metrics (its own cost)."""
+    for planned in later:
+        check = getattr(planned.stage, "early_check", None)
+        if check is None:
+            continue
+        try:
+            metrics = check(artifact, ctx) or {}
+        except Exception as exc:
+            failure = StageError(planned.name, exc)
+            _emit(hooks, "on_error", failure, artifact)
+            raise failure from exc
+        artifact = artifact.with_metrics(metrics)
+    return artifact
 
 
 def _run_stage(planned: PlannedStage, artifact: Artifact | None, ctx: RunContext,

@@ -95,7 +95,10 @@ class Stage(Protocol):
         """Do the work; return ``artifact.evolve(...)``."""
 
     # Optional: ``explain(env) -> list[Note]`` — sub-steps and advice shown in the plan;
-    # ``refusal(form) -> str | None`` — why a form it does not consume cannot work (the plan's hint).
+    # ``refusal(form) -> str | None`` — why a form it does not consume cannot work (the plan's hint);
+    # ``early_check(artifact, ctx) -> dict[str, float] | None`` — called right after the baseline
+    #   is recorded (validate), before any stage between: look at the unoptimized model for what
+    #   would fail this stage much later and raise (InputError) with the fix now; returns metrics.
     #
     # Optional, the stage cache (ptflow.core.stage_cache; only a stage whose upstream is cached):
     # ``cache = "memory"`` — its result is kept in this process for the next job (a copy of

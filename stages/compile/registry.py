@@ -87,6 +87,7 @@ class Backend:
     inductor: bool                       # uses inductor (freezing, cache apply)
     refuses_recipes: dict[str, str]      # quantize recipes it cannot take, and why
     keeps: frozenset[Form]               # forms handed on as they came (see compile_backend)
+    uses_export: bool = False            # builds on torch.export: the eager model is traced after validate
 
 
 _BACKENDS: dict[str, Backend] = {}
@@ -95,7 +96,8 @@ _BACKENDS: dict[str, Backend] = {}
 def compile_backend(name: str, *, summary: str, form: Form = Form.COMPILED,
                     devices: Sequence[str] = ("cpu", "cuda"), accepts: frozenset[Form] = RUNNABLE,
                     refusals: dict[Form, str] | None = None, inductor: bool = False,
-                    refuses_recipes: dict[str, str] | None = None, keeps: frozenset[Form] = frozenset()):
+                    refuses_recipes: dict[str, str] | None = None, keeps: frozenset[Form] = frozenset(),
+                    uses_export: bool = False):
     """Register fn(CompileJob) -> runnable as compile.backend=`name`. `refusals` says, per
     form it does not accept, why (the plan's hint). `keeps`: forms the backend hands on
     unchanged instead of `form`, because what later stages transform (the module: export
@@ -104,7 +106,7 @@ def compile_backend(name: str, *, summary: str, form: Form = Form.COMPILED,
 
     def decorate(fn):
         _BACKENDS[name] = Backend(name, fn, form, summary, frozenset(devices), accepts, dict(refusals or {}),
-                                  inductor, dict(refuses_recipes or {}), frozenset(keeps))
+                                  inductor, dict(refuses_recipes or {}), frozenset(keeps), uses_export)
         return fn
 
     return decorate

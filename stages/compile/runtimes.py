@@ -33,7 +33,7 @@ def _program(job: CompileJob) -> tuple[Any, Any, Any]:
 
 
 @compile_backend("aoti", summary="torch.export + AOTInductor package, loaded and run", form=Form.AOTI,
-                 accepts=EXPORTABLE, refusals=REFUSALS, inductor=True)
+                 accepts=EXPORTABLE, refusals=REFUSALS, inductor=True, uses_export=True)
 def aoti(job: CompileJob) -> Any:
     import torch._inductor.config as inductor_config
 
@@ -67,7 +67,8 @@ _ORT_RECIPES = {
 
 
 @compile_backend("onnxruntime", summary="ONNX (dynamo exporter) run in an onnxruntime InferenceSession",
-                 form=Form.ORT, accepts=EXPORTABLE, refusals=REFUSALS, refuses_recipes=_ORT_RECIPES)
+                 form=Form.ORT, accepts=EXPORTABLE, refusals=REFUSALS, refuses_recipes=_ORT_RECIPES,
+                 uses_export=True)
 def onnxruntime(job: CompileJob) -> Any:
     import onnxruntime as ort
 

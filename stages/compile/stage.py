@@ -71,6 +71,24 @@ class CompileStage:
             self.cache_dir = resolve_path(str(env.config.get("outputs_dir") or "outputs")) / "cache" / "inductor"
         return []
 
+    def early_check(self, artifact: Artifact, ctx: RunContext) -> dict[str, float]:
+        """Right after validate: a backend built on torch.export traces the eager model with the
+        run's dynamic dims, and compile.fullgraph=true looks for graph breaks with dynamo — each
+        stops the run now with torch's diagnosis instead of after quantize and calibration."""
+        if artifact.form is not Form.EAGER:
+            return {}
+        from ptflow.stages.export.diagnose import graph_break_check, trace_check
+
+        if self.backend.uses_export:
+            seconds = trace_check(artifact.module, artifact.inputs, artifact.example.inputs, strict=False,
+                                  dynamic=True, what=f"compile={self.backend.name}")
+        elif self.backend.inductor and self.config.fullgraph:
+            seconds = graph_break_check(artifact.module, artifact.example.inputs,
+                                        what=f"compile={self.backend.name} compile.fullgraph=true")
+        else:
+            return {}
+        return {"compile.trace_check_s": seconds}
+
     def run(self, artifact: Artifact, ctx: RunContext) -> Artifact:
         if self.backend.form is Form.EAGER and not self.config.channels_last:
             return artifact.with_metrics({"compile.compile_s": 0.0})
