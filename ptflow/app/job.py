@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ptflow.app.args import CONFIG_DIR
+from ptflow.app.console import library_noise_to_log_file
 from ptflow.app.settings import RunSettings, compile_plan
 from ptflow.core import engine, lifecycle
 from ptflow.core.errors import ConfigError, PtflowError, first_line
@@ -207,6 +208,7 @@ def hydra_task(cfg: Any) -> float | None:
     quiet_store_logs()
     hydra_cfg = HydraConfig.get()
     _console_verbosity(hydra_cfg.verbose)
+    library_noise_to_log_file()
     job = dataclasses.replace(JobInfo.from_hydra(hydra_cfg), launch=launch_args(hydra_cfg))
     config = OmegaConf.to_container(cfg, resolve=True)
     log.debug("job config composed; run dir %s", hydra_cfg.runtime.output_dir)
