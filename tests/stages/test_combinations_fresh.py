@@ -13,7 +13,7 @@ import torch
 from ptflow.core import engine
 from ptflow.app.settings import compile_plan
 from tests.conftest import make_context
-from tests.stages.test_combinations import FORMATS, LOADED, TABLE, _cells, _config, loaded_files  # noqa: F401
+from tests.stages.test_combinations import FORMATS, TABLE, _cells, _config, loaded_files  # noqa: F401 (fixture)
 
 ROWS = {row: [fmt for fmt, cell in zip(FORMATS, _cells(text)[-len(FORMATS):]) if cell in ("✓", "tol")]
         for row, text in TABLE.items()}
