@@ -27,7 +27,7 @@ from ptflow.app.settings import RunSettings, compile_plan
 from ptflow.core import engine, lifecycle
 from ptflow.core.errors import ConfigError, PtflowError, first_line
 from ptflow.core.files import describe_disk_full, room_problem, write_atomic
-from ptflow.core.stage import RunContext
+from ptflow.core.stage import Rebuild, RunContext
 from ptflow.core.stage_cache import StageCache
 from ptflow.core.targets import resolve_path
 from ptflow.decide import objective
@@ -86,7 +86,7 @@ def run(config: dict[str, Any], config_yaml: str, choices: dict[str, str], overr
                            "seed": settings.seed, "seeded": ",".join(seeded)}
         cache = StageCache(resolve_path(settings.outputs_dir) / "cache" / "stages") if settings.cache else None
         ctx = RunContext(run_dir, settings.device.name, settings.seed, config_hash(config),
-                         record.settings, engine.progress, warn, cache)
+                         record.settings, engine.progress, warn, cache, rebuild(config, choices))
         record.reserve()
         try:
             record.write()   # a run that cannot be recorded stops here
@@ -131,6 +131,13 @@ def run(config: dict[str, Any], config_yaml: str, choices: dict[str, str], overr
     if interrupted is not None:
         raise interrupted
     return record
+
+
+def rebuild(config: dict[str, Any], choices: dict[str, str]) -> Rebuild:
+    """How a stage has this run rebuilt in a fresh process (``ptflow.app.repeat_worker``):
+    the same resolved config, run from where the user ran ptflow (relative paths, the cache)."""
+    return Rebuild((sys.executable, "-m", "ptflow.app.repeat_worker"), {"config": config, "choices": choices},
+                   str(resolve_path(".")))
 
 
 def _record_places(run_dir: Path, settings: RunSettings) -> list[Path]:

@@ -52,6 +52,18 @@ def ignore_warning(key: str, message: str) -> None:
 
 
 @dataclass(frozen=True)
+class Rebuild:
+    """How a stage gets this run rebuilt in a fresh process (benchmark.repeats): start
+    ``command`` in ``cwd`` and send it ``job`` (plain data, the run's resolved config among it)
+    plus the stage's own fields, one JSON line on its stdin. The job runner provides it; a
+    context built by hand has none, and the stage then says it measured one process only."""
+
+    command: tuple[str, ...]
+    job: Mapping[str, Any]
+    cwd: str
+
+
+@dataclass(frozen=True)
 class RunContext:
     """Per-run facts a stage may use; nothing here is config data.
 
@@ -68,6 +80,7 @@ class RunContext:
     progress: Callable[..., Iterable]    # tqdm-like: progress(iterable, desc=..., total=...)
     warn: Callable[[str, str], None] = field(default=ignore_warning)
     cache: Any = None                    # ptflow.core.stage_cache.StageCache, or None (cache=off)
+    rebuild: Rebuild | None = None       # a fresh process rebuilding this run up to a stage, or None
 
     def path(self, *parts: str) -> Path:
         """A path under the run dir, its parent created."""

@@ -1,6 +1,7 @@
 """benchmark's untimed passes and pictures, run after timing (and after the device lock is
 released): peak memory per call, FLOPs and the share of the device's peak, torch.profiler's
-table and trace, the raw samples as CSV and the latency pictures."""
+table and trace, the raw samples as CSV and the latency pictures; and the fidelity pass (the
+candidate's outputs and task metric against the baseline's, on every eval batch)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,8 +10,10 @@ from typing import Any
 import torch
 
 from ptflow.core.artifact import Artifact
-from ptflow.core.spec import ModelInputs, call
+from ptflow.core.errors import InputError
+from ptflow.core.spec import ModelInputs, call, flatten_outputs, select_output
 from ptflow.core.stage import RunContext
+from ptflow.decide import fidelity
 from ptflow.measure import plots
 from ptflow.stages.benchmark import profile as profiling
 from ptflow.stages.benchmark.roofline import compute_precision, flops_per_call, roofline_metrics
@@ -74,3 +77,24 @@ def pictures(cfg: profiling.ProfileConfig, sizes: list[dict[str, Any]], rows: li
             files["benchmark.latency_vs_batch"] = plots.latency_vs_batch(
                 rows, ctx.path("benchmark", "latency_vs_batch.png"))
     return files
+
+
+def fidelity_pass(artifact: Artifact, ctx: RunContext) -> dict[str, float]:
+    """How far the candidate's outputs and task metric moved from the baseline's, on every eval batch."""
+    baseline = artifact.baseline
+    leaves, task_outputs = [], []
+    with torch.inference_mode():
+        for batch in ctx.progress(artifact.batches, desc="fidelity", unit="batch"):
+            result = call(artifact.model, batch.inputs)
+            leaves.append(fidelity.detach_leaves(flatten_outputs(result)))
+            task_outputs.append(select_output(result, artifact.output_key).detach().float().cpu())
+    try:
+        metrics = {f"benchmark.{k}": v for k, v in
+                   fidelity.agreement(baseline.outputs, leaves, baseline.task_output, task_outputs).items()}
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    if baseline.metric_name is not None:
+        value = fidelity.metric(baseline.metric_name).fn(task_outputs, [b.target for b in artifact.batches])
+        metrics[f"benchmark.{baseline.metric_name}"] = value
+        metrics[f"benchmark.{baseline.metric_name}_delta"] = value - baseline.metric
+    return metrics

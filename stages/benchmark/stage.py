@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,17 +22,19 @@ import torch
 from ptflow.core.artifact import RUNNABLE, Artifact, Form
 from ptflow.core.errors import ConfigError, InputError, Problem, first_line
 from ptflow.core.files import write_atomic
-from ptflow.core.spec import call, flatten_outputs, select_output
 from ptflow.core.stage import Environment, Note, RunContext, register_stage
 from ptflow.decide import fidelity
 from ptflow.decide.accuracy import AccuracyConfig, describe, judge
 from ptflow.measure import device_info, device_lock
-from ptflow.measure.stats import Stability, classify
-from ptflow.stages.benchmark.passes import pictures, untimed
+from ptflow.measure.stats import Ratio, Stability, classify
+from ptflow.stages.benchmark import repeats
+from ptflow.stages.benchmark.passes import fidelity_pass, pictures, untimed
 from ptflow.stages.benchmark.profile import ProfileConfig
-from ptflow.stages.benchmark.timing import ROLES, Mode, SizeResult, dispersions, measure_size, protocol_for, resized
+from ptflow.stages.benchmark.timing import (ROLES, Mode, SizeResult, dispersions, measure_size, protocol_for,
+                                            repeat_record, resized, scope)
 
 CUDA_INFLIGHT = 2      # benchmark.inflight=null on CUDA: one batch copies while the one before computes
+MAX_REPEATS = 50
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class BenchmarkConfig(ProfileConfig):   # + memory, flops, peak_tflops, profile*
     max_dispersion: float = 0.10  # IQR/median above this: unstable
     invalid_dispersion: float = 0.25   # IQR/median above this: invalid
     lock: bool = True             # one timed section per device (cores / GPU) at a time, across processes
+    repeats: int = 1              # processes the timing runs in: this one + repeats-1 fresh workers (repeats.py)
     rounds: int | None = None     # removed: baseline and candidate now alternate in turns
 
     def __post_init__(self) -> None:
@@ -64,7 +69,7 @@ class BenchmarkConfig(ProfileConfig):   # + memory, flops, peak_tflops, profile*
                                     "baseline and candidate now alternate in short turns of benchmark.turn_samples "
                                     "samples (A B, B A, ...) until the median's CI is tight; set benchmark.iters "
                                     "(the minimum samples) and drop benchmark.rounds"))
-        for key, low in (("warmup", 0), ("iters", 2), ("batch", 0), ("turn_samples", 1)):
+        for key, low in (("warmup", 0), ("iters", 2), ("batch", 0), ("turn_samples", 1), ("repeats", 1)):
             if getattr(self, key) < low:
                 problems.append(Problem(key, getattr(self, key), f"an integer >= {low}"))
         for key, example in (("warmup_max_s", "10"), ("max_time_s", "10"), ("settle", "0.02"),
@@ -78,6 +83,10 @@ class BenchmarkConfig(ProfileConfig):   # + memory, flops, peak_tflops, profile*
             if getattr(self, low) > getattr(self, high):
                 problems.append(Problem(high, getattr(self, high), f"at least {low} ({getattr(self, low):g})"))
         problems.extend(_batch_size_problems(self.batch_sizes))
+        if self.repeats > MAX_REPEATS:
+            problems.append(Problem("repeats", self.repeats, f"an integer from 1 to {MAX_REPEATS} (processes the "
+                                    "timing runs in)", "benchmark=rigorous repeats 10 times; more narrows the "
+                                    "interval by little and costs a process each"))
         if self.inflight is not None and self.inflight < 1:
             problems.append(Problem("inflight", self.inflight, "null or an integer >= 1 (batches in flight)"))
         if problems:
@@ -148,7 +157,16 @@ class BenchmarkStage:
         return [Note(f"{cfg.mode} on {sizes}{how}: warm-up >= {cfg.warmup} calls and {cfg.warmup_s:g} s until "
                      f"the median settles within {cfg.settle * 100:g}% (<= {cfg.warmup_max_s:g} s); then {roles}, "
                      f">= {cfg.iters} samples and {cfg.min_time_s:g} s until the median's 95% CI is within "
-                     f"±{cfg.ci_target * 100:g}% (<= {cfg.max_time_s:g} s)"), Note(self._gate(env))]
+                     f"±{cfg.ci_target * 100:g}% (<= {cfg.max_time_s:g} s)"), Note(self._repeats_note()),
+                Note(self._gate(env))]
+
+    def _repeats_note(self) -> str:
+        n = self.config.repeats
+        if n <= 1:
+            return ("repeats: 1 — timed in this process only: the speedup's interval covers the noise within it, "
+                    "not the next process (benchmark.repeats=5 covers five)")
+        return (f"repeats: {n} — this process, then {n - 1} fresh process(es) rebuilding the run and timing alike, "
+                "one at a time: one 95% interval over all of them (ptflow.measure.hierarchy)")
 
     def _gate(self, env: Environment) -> str:
         """The accuracy gate in words: which metric, how far it may move, in which mode and why."""
@@ -172,23 +190,89 @@ class BenchmarkStage:
             raise InputError(f"benchmark.batch={cfg.batch} but the data has {len(artifact.batches)} "
                              f"eval batch(es); pick 0..{len(artifact.batches) - 1}")
         results, timing = self._time(artifact, ctx)
-        metrics = {**results[0].headline_metrics(), **timing}
-        if cfg.batch_sizes is not None:
-            for result in results:
-                metrics.update(result.size_metrics())
-        stability = self._stability(results, metrics, ctx)
-        result = artifact.with_tags({"benchmark.stability": str(stability)})
-        headline = results[0]
-        models = self._models(artifact)
-        inputs = resized(artifact.batches[cfg.batch].inputs, artifact.inputs, headline.batch_size)
-        # after timing, outside the lock: probes slow the calls they watch (each pass runs in inference_mode)
-        extra, files = untimed(cfg, artifact, models, inputs, {role: headline.stats[role].p50_ms for role in models},
-                               ctx)
-        metrics.update(extra)
+        workers = self._spawn_repeats(ctx)   # they build while this process runs its untimed passes
+        try:
+            metrics = {**results[0].headline_metrics(), **timing}
+            if cfg.batch_sizes is not None:
+                for result in results:
+                    metrics.update(result.size_metrics())
+            headline = results[0]
+            models = self._models(artifact)
+            inputs = resized(artifact.batches[cfg.batch].inputs, artifact.inputs, headline.batch_size)
+            # after timing, outside the lock: probes slow the calls they watch (each pass runs in inference_mode)
+            extra, files = untimed(cfg, artifact, models, inputs,
+                                   {role: headline.stats[role].p50_ms for role in models}, ctx)
+            metrics.update(extra)
+            if cfg.fidelity:
+                metrics.update(fidelity_pass(artifact, ctx))
+            others, combined = self._run_repeats(artifact, results, workers, metrics, ctx)
+        finally:
+            repeats.stop_all(workers)
+        stability = self._stability(results, others, metrics, ctx)
+        result = artifact.with_tags({"benchmark.stability": str(stability),
+                                     "benchmark.ci_scope": scope(int(metrics["benchmark.repeats"]))})
         if cfg.fidelity:
-            metrics.update(_fidelity(artifact, ctx))
             result = self._judge(result, metrics, ctx)
-        return result.with_metrics(metrics).with_files({**self._write(results, ctx), **files})
+        return result.with_metrics(metrics).with_files({**self._write(results, others, combined, ctx), **files})
+
+    def repeat(self, artifact: Artifact, ctx: RunContext) -> dict[str, object]:
+        """In a repeat worker (ptflow.app.repeat_worker): time as ``run`` does, report plain data."""
+        return {"sizes": [repeat_record(r) for r in self._time_sizes(artifact, ctx)]}
+
+    def _spawn_repeats(self, ctx: RunContext) -> list[repeats.Worker]:
+        wanted = self.config.repeats
+        if wanted <= 1:
+            return []
+        if ctx.rebuild is None:
+            ctx.warn("benchmark.repeats", f"benchmark.repeats={wanted} needs ptflow's job runner to rebuild the run "
+                     "in fresh processes, and this run has none (ptflow used as a library): timed in this process "
+                     "only, and its interval covers this process only")
+            return []
+        cache = ctx.cache.root if ctx.cache is not None and ctx.cache.problem is None else None
+        return repeats.start(ctx.rebuild, "benchmark", wanted - 1, ctx.run_dir / "benchmark" / "repeats",
+                             str(cache) if cache else None, ctx.config_hash)
+
+    def _run_repeats(self, artifact: Artifact, results: list[SizeResult], workers: list[repeats.Worker],
+                     metrics: dict[str, float], ctx: RunContext) -> tuple[list[repeats.Worker], dict[int, Ratio]]:
+        """Let every worker time in turn (holding the device lock), then put the interval over all
+        processes in the headline's place; return the workers that reported and the speedup over
+        all processes by batch size."""
+        if not workers:
+            metrics["benchmark.repeats"] = 1.0
+            return [], {}
+        started = time.perf_counter()
+        with device_lock.timed_section(artifact.device, owner=f"{ctx.run_dir} (pid {os.getpid()})",
+                                       report=_say, enabled=self.config.lock):
+            repeats.run_turns(workers, _say)
+        reported = [w for w in workers if w.result is not None]
+        for worker in workers:
+            if worker.error is not None:
+                ctx.warn(f"benchmark.repeat{worker.repeat}",
+                         f"repeat {worker.repeat} of {len(workers) + 1} failed in its fresh process: {worker.error}; "
+                         f"the speedup's interval covers the {len(reported) + 1} process(es) that reported "
+                         f"(log: {worker.log})")
+        metrics.update(repeats.figures(repeat_record(results[0]), reported, time.perf_counter() - started))
+        metrics["benchmark.repeats"] = float(len(reported) + 1)
+        by_size = {}
+        for result, combined in zip(results, repeats.combined_speedups([r.speedup for r in results], reported)):
+            if combined is None:
+                continue
+            by_size[result.batch_size] = combined.ratio
+            names = ["benchmark"] + ([f"benchmark.bs{result.batch_size}"] if self.config.batch_sizes else [])
+            for name in names:
+                metrics.update({f"{name}.speedup_p50": combined.ratio.value, f"{name}.speedup_ci_low": combined.ratio.low,
+                                f"{name}.speedup_ci_high": combined.ratio.high})
+            if result is results[0]:
+                metrics["benchmark.speedup_between_sd"] = combined.spread
+                if combined.processes > 1 and combined.spread > self.config.max_dispersion:
+                    values = ", ".join(f"{metrics[f'benchmark.repeat.{w}.speedup_p50']:.2f}x"
+                                       for w in [1] + [x.repeat for x in reported])
+                    ctx.warn("benchmark.processes_disagree",
+                             f"the speedup differs from process to process ({values}; sd {combined.spread:.0%}): "
+                             f"this machine's state changes between processes, and the interval "
+                             f"[{combined.ratio.low:.2f}, {combined.ratio.high:.2f}] is wide to cover it. "
+                             "More benchmark.repeats narrow it")
+        return reported, by_size
 
     def _models(self, artifact: Artifact) -> dict[str, object]:
         models = {"baseline": artifact.baseline.model, "candidate": artifact.model} if self.config.baseline \
@@ -238,23 +322,40 @@ class BenchmarkStage:
                                      "set benchmark.batch_sizes=null") from error
         return results
 
-    def _stability(self, results: list[SizeResult], metrics: dict[str, float], ctx: RunContext) -> Stability:
-        """Classify every timing by IQR/median; record it, and warn unless stable."""
+    def _stability(self, results: list[SizeResult], others: list[repeats.Worker], metrics: dict[str, float],
+                   ctx: RunContext) -> Stability:
+        """Classify every timing by IQR/median (over several processes: its median over them);
+        record it, and warn unless stable."""
         cfg = self.config
-        verdict, noisy = classify(dispersions(results, cfg.batch_sizes is not None), cfg.max_dispersion,
-                                  cfg.invalid_dispersion)
+        by_size = cfg.batch_sizes is not None
+        found = {name: [value] for name, value in dispersions(results, by_size).items()}
+        for worker in others:
+            for name, value in repeats.dispersions_of(worker.result, by_size).items():
+                found.setdefault(name, []).append(value)
+        medians = {name: statistics.median(values) for name, values in found.items()}
+        verdict, noisy = classify(medians, cfg.max_dispersion, cfg.invalid_dispersion)
+        if others:
+            metrics.update({f"benchmark.{name.replace(' ', '.')}.dispersion_repeats": value
+                            for name, value in medians.items()})
         metrics["benchmark.unstable"] = float(verdict is not Stability.STABLE)
         metrics["benchmark.invalid"] = float(verdict is Stability.INVALID)
         if verdict is not Stability.STABLE:
             ctx.warn(f"benchmark.{verdict}", stability_warning(verdict, noisy, cfg, ctx.settings.get("threads")))
         return verdict
 
-    def _write(self, results: list[SizeResult], ctx: RunContext) -> dict[str, Path]:
+    def _write(self, results: list[SizeResult], others: list[repeats.Worker], combined: Mapping[int, Ratio],
+               ctx: RunContext) -> dict[str, Path]:
         samples = ctx.path("benchmark", "latency_samples.json")
         write_atomic(samples, json.dumps({"unit": "ms per call", "mode": str(self.config.mode),
-                                          "sizes": [r.samples_record() for r in results]}))
+                                          "sizes": [r.samples_record() for r in results],
+                                          "repeats": [{"repeat": w.repeat, "startup_s": w.startup_s,
+                                                       "sizes": w.result["sizes"]} for w in others]}))
         sizes = ctx.path("benchmark", "batch_sizes.json")
         rows = [row for r in results for row in r.rows()]
+        for row in rows:   # the speedup over all processes, as in the metrics
+            if row["batch_size"] in combined:
+                ratio = combined[row["batch_size"]]
+                row.update(speedup_p50=ratio.value, speedup_ci_low=ratio.low, speedup_ci_high=ratio.high)
         write_atomic(sizes, json.dumps(rows, indent=1))
         drawn = pictures(self.config, [r.samples_record() for r in results], rows, len(results[0].stats), ctx)
         return {"latency_samples": samples, "batch_sizes": sizes, **drawn}
@@ -296,23 +397,3 @@ def stability_warning(verdict: Stability, noisy: Mapping[str, float], cfg: Bench
                 f"(tag benchmark.stability=invalid: comparisons leave it out). {rerun}")
     return (f"timings are unstable: IQR/median of {found} exceeds benchmark.max_dispersion="
             f"{cfg.max_dispersion:g}; latencies and speedups from this run may be off (see their CIs). {rerun}")
-
-
-def _fidelity(artifact: Artifact, ctx: RunContext) -> dict[str, float]:
-    baseline = artifact.baseline
-    leaves, task_outputs = [], []
-    with torch.inference_mode():
-        for batch in ctx.progress(artifact.batches, desc="fidelity", unit="batch"):
-            result = call(artifact.model, batch.inputs)
-            leaves.append(fidelity.detach_leaves(flatten_outputs(result)))
-            task_outputs.append(select_output(result, artifact.output_key).detach().float().cpu())
-    try:
-        metrics = {f"benchmark.{k}": v for k, v in
-                   fidelity.agreement(baseline.outputs, leaves, baseline.task_output, task_outputs).items()}
-    except ValueError as error:
-        raise InputError(str(error)) from None
-    if baseline.metric_name is not None:
-        value = fidelity.metric(baseline.metric_name).fn(task_outputs, [b.target for b in artifact.batches])
-        metrics[f"benchmark.{baseline.metric_name}"] = value
-        metrics[f"benchmark.{baseline.metric_name}_delta"] = value - baseline.metric
-    return metrics

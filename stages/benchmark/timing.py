@@ -110,6 +110,20 @@ class SizeResult:
                 "samples_ms": {role: [s * 1e3 for s in values] for role, values in self.timed.samples_s.items()}}
 
 
+def repeat_record(result: SizeResult) -> dict[str, Any]:
+    """One batch size as a repeat reports it (plain data): the speedup [value, low, high], each
+    role's p50 and IQR/median, and the raw samples."""
+    speedup = result.speedup
+    return {**result.samples_record(), "speedup": None if speedup is None else [speedup.value, speedup.low, speedup.high],
+            "p50_ms": {role: stat.p50_ms for role, stat in result.stats.items()},
+            "dispersion": {role: stat.dispersion for role, stat in result.stats.items()}}
+
+
+def scope(processes: int) -> str:
+    """What the speedup's interval covers, in words (tag benchmark.ci_scope)."""
+    return "one process" if processes <= 1 else f"{processes} processes"
+
+
 def resized(inputs: ModelInputs, spec: InputSpec, size: int) -> ModelInputs:
     """The eval batch at `size` rows: its first rows, or its rows repeated in order. Only for
     inputs whose dim 0 is the dynamic batch dim (a fixed-size model cannot take another size)."""

@@ -86,10 +86,14 @@ def test_batch_sizes_need_a_dynamic_batch_dim_at_plan_time():
 
 def test_the_plan_says_how_the_benchmark_will_time():
     plan = compile_plan(*compose("benchmark=rigorous", "benchmark.batch_sizes=[1,8]"))
-    (note, gate) = [n.text for p in plan.stages if p.spec.name == "benchmark" for n in p.notes]
+    (note, repeats, gate) = [n.text for p in plan.stages if p.spec.name == "benchmark" for n in p.notes]
     for needle in ("batch sizes [1, 8]", ">= 50 calls", "alternating turns of 10", ">= 200 samples", "±0.5%",
-                   "<= 120 s"):
+                   "<= 30 s"):
         assert needle in note
+    assert repeats.startswith("repeats: 10 — this process, then 9 fresh process(es)")
+    quick = compile_plan(*compose("benchmark=quick"))
+    (_, one, _) = [n.text for p in quick.stages if p.spec.name == "benchmark" for n in p.notes]
+    assert one.startswith("repeats: 1 — timed in this process only")
     assert gate.startswith("accuracy gate: top1_accuracy may drop at most 0.01")   # the rest: tests/decide
 
 
