@@ -9,7 +9,10 @@ the ranking rules are tested without a store. The rules, in one place:
   exists);
 * not ranked, listed after with their reason: invalid measurements, FAILED and KILLED runs,
   runs without a benchmark;
-* under a budget: the best ranked run whose accuracy drop is at most the budget.
+* tied: ranked runs whose 95% speedup intervals overlap (``ptflow.decide.ties``: the groups,
+  and the marks on runs measured with fewer repeats or on another host);
+* under a budget: among the qualifying runs tied with the fastest qualifying one, the smaller
+  accuracy drop, then the smaller size, then the higher speedup p50 (``strict``: the fastest).
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ptflow.decide import ties
 from ptflow.decide.compare_select import (PARENT_ID_TAG, SelectionError, is_parent, latest_sweeps,  # noqa: F401
                                    search_all, select_runs)
 
@@ -56,6 +60,9 @@ class Row:
     run_dir: str | None = None
     model_uris: tuple[tuple[str, str], ...] = ()   # (format, models:/ URI) from tags ptflow.model.<format>
     start_time: int = 0
+    repeats: int | None = None           # fresh processes the speedup interval covers (None: not logged, 1)
+    host: str | None = None              # the tag hostname: where it was measured
+    ci_scope: str | None = None          # the tag benchmark.ci_scope, e.g. "3 processes"
 
     @property
     def unranked_reason(self) -> str | None:
@@ -127,7 +134,13 @@ def row_from_run(run: Any) -> Row:
         error=next(iter((tags.get("ptflow.error") or "").strip().splitlines()), "")[:200],
         run_dir=tags.get("ptflow.run_dir"),
         model_uris=tuple(sorted((k.split(".", 2)[2], v) for k, v in tags.items() if k.startswith("ptflow.model."))),
-        start_time=run.info.start_time or 0)
+        start_time=run.info.start_time or 0, repeats=_repeats(metrics), host=tags.get("hostname") or None,
+        ci_scope=tags.get("benchmark.ci_scope") or None)
+
+
+def _repeats(metrics: dict[str, float]) -> int | None:
+    value = _number(metrics, "benchmark/repeats")
+    return None if value is None else int(value)
 
 
 def rows_from_runs(runs: Sequence[Any]) -> list[Row]:
@@ -193,22 +206,29 @@ class Budget:
 
 
 class Pick(NamedTuple):
-    """The best row under a budget (None if none qualifies) and what to tell the user."""
+    """The best row under a budget (None if none qualifies), what to tell the user, and why
+    this row among the tied ones (``ties.why``)."""
     row: Row | None
     message: str
     warning: str = ""
+    reason: str = ""
 
 
-def pick(rows: Sequence[Row], budget: Budget) -> Pick:
-    """The first qualifying row in ranking order. If only unstable runs qualify, the best of
-    them is still picked (it is the best evidence there is) with a warning to measure again."""
+def pick(rows: Sequence[Row], budget: Budget, strict: bool = False) -> Pick:
+    """Among the qualifying rows tied with the fastest qualifying one (95% speedup intervals
+    overlap, ``ties``), the smaller accuracy drop, then the smaller size, then the higher
+    speedup p50: a measurement that cannot tell two recipes apart should not decide between
+    them when accuracy or size can. `strict`: the fastest qualifying row, intervals ignored.
+    If only unstable runs qualify, the best of them is still picked (it is the best evidence
+    there is) with a warning to measure again."""
     ranked = [row for number, row in rank(rows) if number is not None]
-    best = next((row for row in ranked if budget.qualifies(row)), None)
+    qualifying = [row for row in ranked if budget.qualifies(row)]
+    contenders = ties.contenders(qualifying, strict) if qualifying else []
+    best = ties.choose(contenders) if contenders else None   # contenders[0] with strict
     shown = budget.text or f"{budget.value:g}"
     if best is not None:
         limit = budget.limit(best)
-        faster = [row for row in ranked if row.stability == "unstable" and budget.qualifies(row)
-                  and (row.speedup or 0) > (best.speedup or 0)]
+        faster = [row for row in qualifying if row.stability == "unstable" and (row.speedup or 0) > (best.speedup or 0)]
         warning = "" if best.stability != "unstable" else (
             f"warning: no stable run qualifies and {best.name}'s measurement is unstable: measure it again "
             "(more benchmark iterations) before trusting its speedup")
@@ -216,7 +236,8 @@ def pick(rows: Sequence[Row], budget: Budget) -> Pick:
             warning = (f"note: {', '.join(f'{r.name} ({r.speedup:.2f}x)' for r in faster)} measured faster within "
                        "the budget but unstable, so not picked; measure again (benchmark=rigorous, a quieter "
                        "machine) before ruling them out")
-        return Pick(best, f"best within a drop of {shown} (≤ {limit:.6g} {best.metric or ''}): {best.name}", warning)
+        return Pick(best, f"best within a drop of {shown} (≤ {limit:.6g} {best.metric or ''}): {best.name}", warning,
+                    ties.why(best, contenders, strict))
     return Pick(None, _why_none(rows, ranked, budget, shown))
 
 
@@ -237,11 +258,12 @@ def _why_none(rows: Sequence[Row], ranked: Sequence[Row], budget: Budget, shown:
 
 # ---- reports: the terminal table, compare.csv, compare.md, pareto.png ---------------------------
 
-COLUMNS = ("rank", "recipe", "speedup p50 [CI]", "p50 ms", "p99 ms", "metric Δ", "accepted", "size MB",
+COLUMNS = ("rank", "recipe", "speedup p50 [CI]", "tied", "p50 ms", "p99 ms", "metric Δ", "accepted", "size MB",
            "compile s", "state", "run id")
 CSV_FIELDS = ("rank", "recipe", "run_id", "status", "stability", "speedup_p50", "speedup_ci_low", "speedup_ci_high",
               "p50_ms", "p99_ms", "p99_supported", "metric", "metric_delta", "accuracy_drop", "baseline_metric",
-              "accepted", "size_mb", "compile_s", "pareto", "unranked_reason", "run_dir", "model_uris")
+              "accepted", "size_mb", "compile_s", "pareto", "unranked_reason", "run_dir", "model_uris", "tied_with",
+              "repeats", "host", "ci_scope", "marks")
 FOOTNOTES = ("~ unstable measurement: ranked after every stable one", "* p99 from too few samples to support it")
 
 
@@ -249,36 +271,66 @@ def _fmt(value: float | None, spec: str) -> str:
     return "" if value is None else format(value, spec)
 
 
-def cells(number: int | None, row: Row, run_id: str) -> tuple[str, ...]:
-    """One row's table cells (terminal and Markdown)."""
-    speedup = "" if row.speedup is None else f"{row.speedup:.2f}x{speedup_ci(row)}" + "~" * (row.stability == "unstable")
-    p99 = _fmt(row.p99_ms, ".3f") + ("*" if row.p99_ms is not None and row.p99_supported is False else "")
-    return ("—" if number is None else str(number), row.name, speedup, _fmt(row.p50_ms, ".3f"), p99,
+def cells(number: int | None, row: Row, run_id: str, tie: str = "", marks: str = "") -> tuple[str, ...]:
+    """One row's table cells (terminal and Markdown): `tie` its tied cell, `marks` † / ‡ after its speedup."""
+    speedup = "" if row.speedup is None else \
+        f"{row.speedup:.2f}x{speedup_ci(row)}" + "~" * (row.stability == "unstable") + marks
+    p99 = _fmt(row.p99_ms, ".3f") + ("*" if _thin_p99(row) else "")
+    return ("—" if number is None else str(number), row.name, speedup, tie, _fmt(row.p50_ms, ".3f"), p99,
             _fmt(row.delta, "+.4f"), row.accepted or "", _fmt(row.size_mb, ".2f"), _fmt(row.compile_s, ".1f"),
             row.state, run_id)
 
 
-def _markdown(rows: Sequence[Row]) -> str:
+def _thin_p99(row: Row) -> bool:
+    return row.p99_ms is not None and row.p99_supported is False
+
+
+class Table(NamedTuple):
+    """The comparison as the terminal and compare.md show it: rank() order, each row's cells,
+    and the notes under the table (only those its cells use)."""
+    ranked: list[tuple[int | None, Row]]
+    cells: list[tuple[str, ...]]
+    notes: list[str]
+    leader_of: dict[str, int]            # run id -> its tie group's leader's rank (ties.tie_groups)
+    marks: ties.Marks
+
+
+def table(rows: Sequence[Row], run_id_of: Any = lambda row: row.run_id, strict: bool = False) -> Table:
+    """`run_id_of(row)`: the run id cell (short in the terminal, full in Markdown). `strict`: no ties."""
     ranked = rank(rows)
+    order = [row for number, row in ranked if number is not None]
+    leader_of = {} if strict else ties.tie_groups(order)
+    marks = ties.measurement_marks(order)
+    rows_cells = [cells(n, row, run_id_of(row), ties.tie_cell(row, leader_of, strict) if n is not None else "",
+                        marks.by_run.get(row.run_id, "")) for n, row in ranked]
+    used = {FOOTNOTES[0]: any(row.stability == "unstable" for row in order),
+            FOOTNOTES[1]: any(_thin_p99(row) for _, row in ranked)}
+    notes = [note for note, shown in used.items() if shown] + ties.tie_legend(order, leader_of, strict) + marks.legend
+    return Table(ranked, rows_cells, notes, leader_of, marks)
+
+
+def _markdown(rows: Sequence[Row], strict: bool = False) -> str:
+    shown = table(rows, lambda row: f"`{row.run_id}`", strict)
     escape = str.maketrans({"|": "\\|"})
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(c.translate(escape) for c in cells(n, row, f"`{row.run_id}`")) + " |"
-              for n, row in ranked]
-    notes = [f"- not ranked: {row.name}: {row.unranked_reason}" for n, row in ranked if n is None]
-    return "\n".join(lines + [""] + [f"{note}  " for note in FOOTNOTES] + ([""] + notes if notes else [])) + "\n"
+    lines += ["| " + " | ".join(c.translate(escape) for c in line) + " |" for line in shown.cells]
+    notes = [f"- not ranked: {row.name}: {row.unranked_reason}" for n, row in shown.ranked if n is None]
+    return "\n".join(lines + [""] + [f"{note}  " for note in shown.notes] + ([""] + notes if notes else [])) + "\n"
 
 
-def _csv(rows: Sequence[Row]) -> str:
+def _csv(rows: Sequence[Row], strict: bool = False) -> str:
     front = {rows[i].run_id for i in frontier_of(rows)}
+    shown = table(rows, strict=strict)
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(CSV_FIELDS)
-    for number, r in rank(rows):
+    for number, r in shown.ranked:
         writer.writerow(["" if v is None else v for v in (
             number, r.name, r.run_id, r.status, r.stability, r.speedup, r.speedup_ci_low, r.speedup_ci_high, r.p50_ms,
             r.p99_ms, r.p99_supported, r.metric, r.delta, r.drop, r.baseline_metric, r.accepted, r.size_mb,
             r.compile_s, r.run_id in front, r.unranked_reason or "", r.run_dir,
-            " ".join(f"{fmt}={uri}" for fmt, uri in r.model_uris))])
+            " ".join(f"{fmt}={uri}" for fmt, uri in r.model_uris), shown.leader_of.get(r.run_id),
+            r.repeats, r.host, r.ci_scope, shown.marks.words.get(r.run_id))])
     return text.getvalue()
 
 
@@ -289,14 +341,15 @@ def frontier_of(rows: Sequence[Row]) -> list[int]:
     return frontier([(r.p50_ms, r.delta) if r.unranked_reason is None else None for r in rows])
 
 
-def write_reports(rows: Sequence[Row], out_dir: Path, budget: Budget | None = None) -> list[Path]:
-    """compare.csv (full precision, full run ids), compare.md and pareto.png in `out_dir`."""
+def write_reports(rows: Sequence[Row], out_dir: Path, budget: Budget | None = None, strict: bool = False) -> list[Path]:
+    """compare.csv (full precision, full run ids), compare.md and pareto.png in `out_dir`;
+    `strict`: ties left out, as ``--strict`` prints the table."""
     from ptflow.core.files import write_atomic
     from ptflow.decide.pareto import plot
 
     (out_dir := Path(out_dir)).mkdir(parents=True, exist_ok=True)
-    write_atomic(out_dir / "compare.csv", _csv(rows))
-    write_atomic(out_dir / "compare.md", _markdown(rows))
+    write_atomic(out_dir / "compare.csv", _csv(rows, strict))
+    write_atomic(out_dir / "compare.md", _markdown(rows, strict))
     drawn = [row for row in rows if row.unranked_reason is None]
     plot(drawn, out_dir / "pareto.png", min_delta=budget.min_delta(drawn) if budget else None)
     return [out_dir / "compare.csv", out_dir / "compare.md", out_dir / "pareto.png"]

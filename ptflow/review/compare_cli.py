@@ -3,12 +3,16 @@ best recipe under an accuracy budget.
 
   ptflow-compare [--sweep ID | --parent RUN_ID | --all] [--filter "MLFLOW FILTER"]
                  [--experiment NAME] [--tracking-uri URI | --outputs-dir DIR]
-                 [--max-accuracy-drop X | X%] [--register NAME] [--out DIR] [--plot PATH]
+                 [--max-accuracy-drop X | X%] [--register NAME] [--out DIR] [--plot PATH] [--strict]
 
 Default: the last sweep (the newest parent run's children) of experiment 'ptflow' in the store
 ptflow itself uses (--tracking-uri, else MLFLOW_TRACKING_URI, else
 sqlite:///<outputs-dir>/mlflow.db). Runs are ranked by speedup p50, every stable measurement
-before any unstable one; invalid, failed and killed runs are listed unranked.
+before any unstable one; invalid, failed and killed runs are listed unranked. Runs whose 95%
+speedup intervals overlap the fastest one's are tied (column tied: #N); under a budget the pick
+among the qualifying runs tied with the fastest qualifying one is the smaller accuracy drop,
+then the smaller size, then the higher speedup p50. † marks a run measured with fewer repeats
+than the others, ‡ one measured on another host.
 
 Exit codes: 0 the table was printed (and, with --max-accuracy-drop, a run qualifies); 1 no run
 qualifies under --max-accuracy-drop; 2 bad arguments, no store, an unknown experiment, sweep or
@@ -59,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
                              "as a new version of registered model NAME")
     parser.add_argument("--out", type=Path, help="write compare.csv, compare.md and pareto.png into this dir")
     parser.add_argument("--plot", type=Path, help="write the Pareto plot (PNG) to this path")
+    parser.add_argument("--strict", action="store_true",
+                        help="rank by speedup p50 alone, ignoring the 95%% intervals: no ties, and the pick under "
+                             "--max-accuracy-drop is simply the fastest qualifying run (the behaviour before ties)")
     return parser
 
 
@@ -182,21 +189,20 @@ def _reasons(ranked: Sequence[tuple[int | None, Any]]) -> list[str]:
     return [f"  not ranked: {row.name}: {row.unranked_reason}" for number, row in ranked if number is None]
 
 
-def format_table(rows: Sequence[Any]) -> str:
-    """The fixed-width table for the terminal (as ptflow's sweep table), with footnotes and why
-    each unranked row is."""
+def format_table(rows: Sequence[Any], strict: bool = False) -> str:
+    """The fixed-width table for the terminal (as ptflow's sweep table), with why each unranked
+    row is and the notes its cells use (unstable, thin p99, ties, no CI, † and ‡ marks)."""
     from ptflow.decide import compare as cmp
 
-    ranked = cmp.rank(rows)
     ids = short_ids([row.run_id for row in rows])
-    table = [cmp.COLUMNS] + [cmp.cells(n, row, ids[row.run_id]) for n, row in ranked]
+    shown = cmp.table(rows, lambda row: ids[row.run_id], strict)
+    table = [cmp.COLUMNS] + shown.cells
     widths = [min(max(len(line[i]) for line in table), 48 if i == 1 else 200) for i in range(len(cmp.COLUMNS))]
-    right = {0, 2, 3, 4, 5, 7, 8}
+    right = {0, 2, 4, 5, 6, 8, 9}
     lines = ["  ".join(cell[:w].rjust(w) if i in right else cell[:w].ljust(w)
                        for i, (cell, w) in enumerate(zip(line, widths))).rstrip() for line in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    used = {cell[-1] for line in table[1:] for cell in line if cell}
-    return "\n".join(lines + _reasons(ranked) + [f"  {note}" for note in cmp.FOOTNOTES if note[0] in used])
+    return "\n".join(lines + _reasons(shown.ranked) + [f"  {note}" for note in shown.notes])
 
 
 def picked_lines(client: Any, choice: Any) -> list[str]:
@@ -207,8 +213,9 @@ def picked_lines(client: Any, choice: Any) -> list[str]:
     ci = cmp_speedup_ci(row)
     delta = "" if row.delta is None else f", {row.metric} Δ {row.delta:+.4f}"
     p50 = "" if row.p50_ms is None else f", p50 {row.p50_ms:.3f} ms"
-    lines = [choice.message, f"  run {row.run_id}: {row.speedup:.2f}x{ci}{p50}{delta} (drop {row.drop:.6g}, "
-                             f"{row.stability or 'stability unknown'})"]
+    why = [f"  why: {choice.reason}"] if choice.reason else []
+    lines = [choice.message, *why, f"  run {row.run_id}: {row.speedup:.2f}x{ci}{p50}{delta} (drop {row.drop:.6g}, "
+                                   f"{row.stability or 'stability unknown'})"]
     return lines + recipe_lines(client, row) + export_lines(row) + ([choice.warning] if choice.warning else [])
 
 
@@ -232,9 +239,9 @@ def compare(args: argparse.Namespace) -> int:
     except cmp.SelectionError as error:
         raise Refused(str(error)) from None
     rows = cmp.rows_from_runs(runs)
-    print(f"{description}\n{format_table(rows)}", flush=True)
+    print(f"{description}\n{format_table(rows, args.strict)}", flush=True)
     if args.out:
-        written = cmp.write_reports(rows, args.out, budget)
+        written = cmp.write_reports(rows, args.out, budget, args.strict)
         print("wrote: " + ", ".join(str(p) for p in written))
     if args.plot:
         from ptflow.decide.pareto import plot
@@ -244,7 +251,7 @@ def compare(args: argparse.Namespace) -> int:
         print(f"wrote: {plot(ranked, args.plot, min_delta=budget.min_delta(ranked) if budget else None)}")
     if budget is None:
         return 0
-    choice = cmp.pick(rows, budget)
+    choice = cmp.pick(rows, budget, args.strict)
     if choice.row is None:
         print(choice.message)
         return 1
