@@ -5,12 +5,14 @@
    torch.utils.benchmark's Timer.blocked_autorange, and a naive perf_counter loop — in
    rotating order over a few rounds: medians and their % difference from torch's.
    Target: ptflow within 3% of torch.utils.benchmark.
-2. The default pipeline's speedup in N separate `ptflow` processes: the spread
-   (max - min) / median, and whether each process's 95% CI holds the median of the
-   others. Target: spread <= 2%.
-3. One more process while busy loops compete for the CPU: is the run flagged?
+2. Coverage: the default pipeline as N independent `ptflow` commands (each with its
+   benchmark.repeats); does each one's 95% speedup interval hold the median speedup of the
+   other N-1? Target: >= 8 of 10. The spread between commands and the interval widths too.
+3. The same with busy loops beside it: a run flagged invalid counts as honest (it said so),
+   one that misses unflagged does not. Target: >= 8 of 10.
 
-    python bench/protocol.py [--processes 5] [--rounds 3] [--threads 1] [--load-procs N]
+    python bench/protocol.py [--only in-process|coverage|busy] [--runs 10] [--busy 2]
+                             [--time-limit S] [overrides ...]     (e.g. benchmark.repeats=1, device=cuda)
 
 Figures depend on the machine and on what else runs on it: say how busy it was.
 """
@@ -98,13 +100,53 @@ def in_process(threads: int, rounds: int) -> None:
     print(f"   target ptflow within 3% of torch.utils.benchmark: {'met' if met else 'NOT met'}")
 
 
-def one_process(threads: int, cwd: Path) -> dict:
-    result = subprocess.run([*PTFLOW, f"device.threads={threads}", "experiment=latency_only", "tracking=none"],
-                            cwd=cwd, capture_output=True, text=True)
+def one_process(cwd: Path, overrides: list[str]) -> dict:
+    result = subprocess.run([*PTFLOW, "tracking=none", *overrides], cwd=cwd, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"ptflow failed ({result.returncode}):\n{result.stderr[-2000:]}")
     (path,) = sorted(cwd.glob("outputs/runs/*/*/summary.json"))[-1:]
-    return json.loads(path.read_text())
+    summary = json.loads(path.read_text())
+    summary["metrics"] = json.loads((path.parent / "ptflow_result.json").read_text())["metrics"]
+    return summary
+
+
+def first_repeats(summary: dict, k: int):
+    """The speedup interval the run would have reported with benchmark.repeats=k: its first k
+    processes, combined as ptflow combines them (None when it ran fewer)."""
+    sys.path.insert(0, str(ROOT))
+    from ptflow.measure.hierarchy import combine
+    from ptflow.measure.stats import Ratio
+
+    m = summary["metrics"]
+    if k == 1 and "benchmark.repeat.1.speedup_p50" not in m:
+        low, high = summary["speedup_ci"]
+        return Ratio(summary["speedup_p50"], low, high)
+    keys = [f"benchmark.repeat.{i}.speedup" for i in range(1, k + 1)]
+    if any(f"{key}_p50" not in m for key in keys):
+        return None
+    return combine([Ratio(m[f"{key}_p50"], m[f"{key}_ci_low"], m[f"{key}_ci_high"]) for key in keys]).ratio
+
+
+def by_repeats(found: list) -> None:
+    """Coverage had each run stopped after its first k processes: what each repeat buys."""
+    most = min(int(s["metrics"].get("benchmark.repeats", 1)) for s, _ in found)
+    if most < 2:
+        return
+    print("   had each run used only its first k processes (same runs, same processes; intervals that hold "
+          "the others' median, invalid flags not counted):")
+    for k in range(1, most + 1):
+        ratios = [first_repeats(s, k) for s, _ in found]
+        honest = 0
+        for index, ratio in enumerate(ratios):
+            others = statistics.median(r.value for j, r in enumerate(ratios) if j != index)
+            honest += ratio.contains(others)   # flags are not counted here: they were judged over all processes
+        widths = [(r.high - r.low) / r.value for r in ratios]
+        print(f"     repeats={k}: coverage {honest}/{len(ratios)}, median width {statistics.median(widths) * 100:.1f}%")
+    costs = [s["metrics"]["benchmark.repeats_s"] / (s["metrics"]["benchmark.repeats"] - 1) for s, _ in found
+             if s["metrics"].get("benchmark.repeats", 1) > 1]
+    startups = [s["metrics"]["benchmark.repeat_startup_s"] for s, _ in found if "benchmark.repeat_startup_s" in s["metrics"]]
+    print(f"   each worker: start-up (parallel, untimed) median {statistics.median(startups):.1f} s; the repeat "
+          f"phase costs {statistics.median(costs):.1f} s per worker (median)")
 
 
 def describe(summary: dict) -> str:
@@ -112,59 +154,83 @@ def describe(summary: dict) -> str:
     spread = ", ".join(f"{k} {v * 100:.1f}%" for k, v in summary.get("dispersion", {}).items())
     stability = "invalid" if summary.get("invalid") else "unstable" if summary.get("unstable") else "stable"
     n = summary["latency_ms"]
-    return (f"{summary['speedup_p50']:.3f}x [{low:.3f}, {high:.3f}]  p50 {n['baseline']['p50']:.3f} -> "
-            f"{n['optimized']['p50']:.3f} ms  IQR/median {spread}  {stability}")
+    return (f"{summary['speedup_p50']:.3f}x [{low:.3f}, {high:.3f}] over {summary.get('speedup_processes', 1)} "
+            f"process(es)  p50 {n['baseline']['p50']:.3f} -> {n['optimized']['p50']:.3f} ms  IQR/median {spread}  "
+            f"{stability}")
 
 
-def processes(threads: int, count: int) -> None:
-    print(f"\n2. the default pipeline's speedup in {count} separate processes "
-          f"(ptflow device.threads={threads} experiment=latency_only tracking=none)")
-    summaries = []
-    for index in range(count):
-        with tempfile.TemporaryDirectory() as tmp:
-            started = time.perf_counter()
-            summary = one_process(threads, Path(tmp))
-        summaries.append(summary)
-        print(f"   process {index + 1}: {describe(summary)}  ({time.perf_counter() - started:.0f} s)")
-    speedups = [s["speedup_p50"] for s in summaries]
-    spread = (max(speedups) - min(speedups)) / statistics.median(speedups)
-    held = []
-    for index, summary in enumerate(summaries):
-        others = statistics.median(speedups[:index] + speedups[index + 1:])
-        low, high = summary["speedup_ci"]
-        held.append(low <= others <= high)
-    print(f"   spread (max-min)/median {spread * 100:.2f}%  (target <= 2%: {'met' if spread <= 0.02 else 'NOT met'})")
-    print(f"   each CI holds the median of the others: {['yes' if h else 'no' for h in held]} "
-          f"({sum(held)}/{len(held)})")
-
-
-def under_load(threads: int, load_procs: int) -> None:
-    print(f"\n3. one process while {load_procs} busy-loop process(es) compete for the CPU")
-    loads = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(load_procs)]
+def coverage(count: int, overrides: list[str], busy: int, deadline: float) -> None:
+    """`count` independent `ptflow` commands: does each one's 95% interval hold the median
+    speedup of the others? A run flagged invalid counts as honest (it said not to trust it)."""
+    label = f"{busy} busy neighbour(s)" if busy else "a quiet machine"
+    print(f"\n{'3' if busy else '2'}. coverage on {label}: {count} independent `ptflow tracking=none "
+          f"{' '.join(overrides)}` commands")
+    loads = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(busy)]
+    found = []
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            summary = one_process(threads, Path(tmp))
+        for index in range(count):
+            if time.monotonic() > deadline:
+                print(f"   time limit reached after {index} run(s)")
+                break
+            with tempfile.TemporaryDirectory() as tmp:
+                started = time.perf_counter()
+                summary = one_process(Path(tmp), overrides)
+            wall = time.perf_counter() - started
+            found.append((summary, wall))
+            print(f"   run {index + 1}: {describe(summary)}  ({wall:.0f} s)", flush=True)
     finally:
         for load in loads:
             load.terminate()
         for load in loads:
             load.wait()
-    flagged = summary.get("unstable") or summary.get("invalid")
-    print(f"   {describe(summary)}")
-    print(f"   flagged: {'yes' if flagged else 'NO'}; warnings: {list(summary.get('warnings', {}))}")
+    if len(found) < 3:
+        print("   too few runs for a coverage figure")
+        return
+    speedups = [s["speedup_p50"] for s, _ in found]
+    held = flagged = missed = 0
+    for index, (summary, _) in enumerate(found):
+        others = statistics.median(speedups[:index] + speedups[index + 1:])
+        low, high = summary["speedup_ci"]
+        if low <= others <= high:
+            held += 1
+        elif summary.get("invalid"):
+            flagged += 1
+        else:
+            missed += 1
+    widths = [(s["speedup_ci"][1] - s["speedup_ci"][0]) / s["speedup_p50"] for s, _ in found]
+    honest = held + flagged
+    print(f"   coverage: {honest}/{len(found)} honest ({held} intervals hold the others' median, {flagged} missed "
+          f"it but were flagged invalid, {missed} missed unflagged); target >= 8 of 10: "
+          f"{'met' if honest >= 0.8 * len(found) else 'NOT met'}")
+    print(f"   interval width (high-low)/p50: median {statistics.median(widths) * 100:.1f}%, "
+          f"range {min(widths) * 100:.1f}-{max(widths) * 100:.1f}%; speedups {min(speedups):.2f}-{max(speedups):.2f}x "
+          f"(spread {(max(speedups) - min(speedups)) / statistics.median(speedups) * 100:.0f}%); "
+          f"wall per run: median {statistics.median(w for _, w in found):.1f} s")
+    by_repeats(found)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--processes", type=int, default=5)
+    parser.add_argument("--only", choices=["in-process", "coverage", "busy"], action="append",
+                        help="run only these checks (repeatable); default: all three")
+    parser.add_argument("--runs", type=int, default=10, help="independent ptflow commands per coverage check")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--load-procs", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--busy", type=int, default=2, help="busy-loop processes beside the third check")
+    parser.add_argument("--time-limit", type=float, default=None,
+                        help="seconds: start no new ptflow command after this (a lent GPU's budget)")
+    parser.add_argument("overrides", nargs="*", help="extra ptflow overrides, e.g. device=cuda benchmark=rigorous")
     args = parser.parse_args()
+    checks = args.only or ["in-process", "coverage", "busy"]
+    deadline = time.monotonic() + (args.time_limit or float("inf"))
+    overrides = [f"device.threads={args.threads}", *args.overrides]
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} CPU(s)")
-    in_process(args.threads, args.rounds)
-    processes(args.threads, args.processes)
-    under_load(args.threads, args.load_procs)
+    if "in-process" in checks:
+        in_process(args.threads, args.rounds)
+    if "coverage" in checks:
+        coverage(args.runs, overrides, 0, deadline)
+    if "busy" in checks:
+        coverage(args.runs, overrides, args.busy, deadline)
     print(f"\nload average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
