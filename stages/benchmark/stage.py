@@ -258,7 +258,8 @@ class BenchmarkStage:
             if combined is None:
                 continue
             by_size[result.batch_size] = combined.ratio
-            names = ["benchmark"] + ([f"benchmark.bs{result.batch_size}"] if self.config.batch_sizes else [])
+            names = (["benchmark"] if result is results[0] else []) + \
+                ([f"benchmark.bs{result.batch_size}"] if self.config.batch_sizes else [])
             for name in names:
                 metrics.update({f"{name}.speedup_p50": combined.ratio.value, f"{name}.speedup_ci_low": combined.ratio.low,
                                 f"{name}.speedup_ci_high": combined.ratio.high})
@@ -337,6 +338,10 @@ class BenchmarkStage:
         if others:
             metrics.update({f"benchmark.{name.replace(' ', '.')}.dispersion_repeats": value
                             for name, value in medians.items()})
+            if by_size:   # the headline (first) size's under the headline's names too
+                first = f"bs{results[0].batch_size} "
+                metrics.update({f"benchmark.{name.removeprefix(first)}.dispersion_repeats": value
+                                for name, value in medians.items() if name.startswith(first)})
         metrics["benchmark.unstable"] = float(verdict is not Stability.STABLE)
         metrics["benchmark.invalid"] = float(verdict is Stability.INVALID)
         if verdict is not Stability.STABLE:

@@ -15,7 +15,7 @@ from ptflow.stages.benchmark.stage import BenchmarkConfig, BenchmarkStage, Bench
 from tests.conftest import mlflow_runs
 
 REPEATS_RUN = ("experiment=latency_only", "benchmark=quick", "benchmark.repeats=3", "benchmark.memory=false",
-               "benchmark.flops=false")
+               "benchmark.flops=false", "benchmark.batch_sizes=[1,8]")
 
 
 BUILT_ONCE = '''
@@ -59,18 +59,24 @@ def test_repeats_time_in_fresh_processes_and_report_one_interval_over_all(ptflow
     per_process = [m[f"benchmark.repeat.{i}.speedup_p50"] for i in (1, 2, 3)]
     assert m["benchmark.speedup_p50"] == pytest.approx(math.exp(sum(map(math.log, per_process)) / 3))
     assert m["benchmark.speedup_ci_low"] < m["benchmark.speedup_p50"] < m["benchmark.speedup_ci_high"]
+    for key in ("speedup_p50", "speedup_ci_low", "speedup_ci_high"):   # the headline is the first size's
+        assert m[f"benchmark.{key}"] == m[f"benchmark.bs1.{key}"] != m[f"benchmark.bs8.{key}"]
     for i in (1, 2, 3):
         assert m[f"benchmark.repeat.{i}.speedup_ci_low"] <= per_process[i - 1] <= m[f"benchmark.repeat.{i}.speedup_ci_high"]
         assert m[f"benchmark.repeat.{i}.baseline.p50_ms"] > 0 and m[f"benchmark.repeat.{i}.candidate.p50_ms"] > 0
     assert m["benchmark.repeat.2.startup_s"] > 0 and m["benchmark.repeat_startup_s"] > 0 and m["benchmark.repeats_s"] > 0
-    assert "benchmark.candidate.dispersion_repeats" in m
+    assert m["benchmark.candidate.dispersion_repeats"] == m["benchmark.bs1.candidate.dispersion_repeats"]
+    assert "benchmark.bs8.baseline.dispersion_repeats" in m
     assert "over 3 processes" in result.stdout
     run_dir = next(result.outputs.glob("runs/*/*"))
     samples = json.loads((run_dir / "benchmark" / "latency_samples.json").read_text())
     assert [r["repeat"] for r in samples["repeats"]] == [2, 3]
     for repeat in samples["repeats"]:
-        (size,) = repeat["sizes"]
-        assert set(size["samples_ms"]) == {"baseline", "candidate"} and len(size["samples_ms"]["candidate"]) >= 30
+        assert [size["batch_size"] for size in repeat["sizes"]] == [1, 8]
+        for size in repeat["sizes"]:
+            assert set(size["samples_ms"]) == {"baseline", "candidate"} and len(size["samples_ms"]["candidate"]) >= 30
+            value, low, high = size["speedup"]
+            assert low <= value <= high
     assert sorted(p.name for p in (run_dir / "benchmark" / "repeats").iterdir()) == ["repeat2.log", "repeat3.log"]
     assert _repeat_workers_in(tmp_path) == []
 
