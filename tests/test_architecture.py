@@ -3,9 +3,11 @@ found by entry point only, and the CLI's start-up promise."""
 from __future__ import annotations
 
 import ast
+import json
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 from tests.conftest import ROOT
@@ -129,6 +131,41 @@ def test_help_does_not_import_torch_or_mlflow():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("[]")
     assert "quantize" in out and "int8_dynamic" in out
+
+
+def test_a_bare_help_imports_not_even_hydra():
+    """`ptflow --help` alone has nothing to parse or compose: it lists the config groups."""
+    code = ("import sys; from ptflow.app.cli import run; run(['--help']); "
+            "print(sorted(m for m in ('hydra', 'omegaconf', 'torch', 'mlflow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("[]") and "int8_dynamic" in out
+
+
+# Libraries a run imports only once a stage or the tracker needs them (issue 19: a run's
+# start-up, a rejected config and a dry run do not pay for them).
+RUN_TIME_ONLY = ("mlflow", "torchao", "torch._dynamo", "onnx", "onnxruntime", "onnxscript", "matplotlib",
+                 "transformers", "sklearn", "scipy")
+
+
+def test_checking_a_config_imports_none_of_what_only_a_run_needs(tmp_path):
+    """A rejected config and a dry run import torch (the stage modules do), not the libraries
+    of the run itself; importing the run's own modules does not import them either."""
+    code = textwrap.dedent(f"""
+        import json, sys
+        from ptflow.app.cli import run
+        seen = {{}}
+        def note(step, code):
+            seen[step] = [code, [m for m in {RUN_TIME_ONLY!r} if m in sys.modules]]
+        note("rejected", run(["quantize=int8_dynamik"]))
+        note("dry run", run(["dry_run=true"]))
+        import ptflow.app.job, ptflow.app.preflight, ptflow.measure.plots, ptflow.runs.mlflow_models
+        import ptflow.runs.tracker, ptflow.stages.export.stage
+        note("the run's modules", 0)
+        print(json.dumps(seen))
+        """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen == {"rejected": [2, []], "dry run": [0, []], "the run's modules": [0, []]}, done.stderr[-2000:]
 
 
 def test_the_command_line_modules_stay_small():

@@ -231,4 +231,16 @@ def _run(argv: Sequence[str]) -> int:
 
 
 def main() -> None:
-    sys.exit(run(sys.argv[1:]))
+    code = run(sys.argv[1:])
+    _skip_the_last_collections()
+    sys.exit(code)
+
+
+def _skip_the_last_collections() -> None:
+    """Before exiting: every object into the permanent generation, which the interpreter's
+    final garbage collections skip (torch, MLflow and the run leave millions of objects:
+    ~0.7-1 s of every run's exit). Threads are still joined, atexit handlers still run and
+    objects are still freed as their references go; only cycles left at exit are not collected."""
+    import gc
+
+    gc.freeze()

@@ -5,6 +5,9 @@ on its own — group options, keys (with did-you-mean), sweeps given without -m 
 plans the config that the remaining overrides compose into, so one report lists all
 problems. Hydra's own message is kept when nothing more precise is found (a YAML
 error with its file and line, a config name that does not exist).
+
+`ptflow --help` reads the config groups from here too: the plan's modules (and torch, which
+the stage modules import) load only once a config is checked.
 """
 from __future__ import annotations
 
@@ -17,9 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ptflow.app.settings import RunSettings, compile_plan
 from ptflow.core.errors import ConfigError, Problem, did_you_mean
-from ptflow.core.stage import load_stages
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,8 @@ def explain(overrides: Sequence[str], source: Source, multirun: bool, refusal: B
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
+    from ptflow.app.settings import compile_plan
+
     if not any((folder / f"{source.name}.yaml").is_file() for folder in source.dirs):
         names = sorted({p.stem for folder in source.dirs for p in folder.glob("*.yaml")})
         return ConfigError.single("--config-name", source.name, f"a primary config in {source.primary}: "
@@ -109,7 +112,8 @@ def explain(overrides: Sequence[str], source: Source, multirun: bool, refusal: B
             usable[index] = f"{override.get_key_element()}={values[0]}" if values else override.input_line
     group_items = [usable[i] for i, o in enumerate(parsed) if i in usable and o.key_or_group in groups]
     try:
-        base, _ = compose_config(source, group_items, resolve=False)
+        composed = _compose(source, group_items)
+        base, _ = job_config(composed, " ".join(group_items), resolve=False)
     except ConfigError as error:
         return ConfigError(problems + list(error.problems))
     for index, override in enumerate(parsed):
@@ -118,8 +122,11 @@ def explain(overrides: Sequence[str], source: Source, multirun: bool, refusal: B
             if problem is not None:
                 problems.append(problem)
                 del usable[index]
+    rest = list(usable.values())
     try:   # what the rest composes into: its plan's problems belong in the same report
-        config, choices = compose_config(source, list(usable.values()), resolve=True)
+        if rest != group_items:   # (the same overrides compose the same config: once is enough)
+            composed = _compose(source, rest)
+        config, choices = job_config(composed, " ".join(rest))
         compile_plan(config, choices)
     except ConfigError as error:
         problems += error.problems
@@ -166,6 +173,9 @@ def _unknown_key(override: Any, base: Mapping[str, Any]) -> Problem | None:
 
 def _schema_keys(path: Sequence[str], base: Mapping[str, Any]) -> tuple[set[str], bool]:
     """(field names the schema allows under `path`, whether that node is a free-form mapping)."""
+    from ptflow.app.settings import RunSettings
+    from ptflow.core.stage import load_stages
+
     registry = load_stages(tuple(base.get("plugins") or ()))
     if not path:
         keys = {f.name for f in dataclasses.fields(RunSettings)}
@@ -198,6 +208,11 @@ def _unwrap(tp: Any) -> Any:
 
 def compose_config(source: Source, overrides: Sequence[str], resolve: bool) -> tuple[dict[str, Any], dict[str, str]]:
     """(config without the hydra node, group choices), composed by Hydra's compose API."""
+    return job_config(_compose(source, overrides), " ".join(overrides), resolve)
+
+
+def _compose(source: Source, overrides: Sequence[str]) -> Any:
+    """The config Hydra composes from `source` with `overrides`, hydra node included."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -212,7 +227,7 @@ def compose_config(source: Source, overrides: Sequence[str], resolve: bool) -> t
                                  " ".join(str(error).split())) from None
     finally:
         GlobalHydra.instance().clear()
-    return job_config(cfg, " ".join(overrides), resolve)
+    return cfg
 
 
 def job_config(cfg: Any, described_as: str, resolve: bool = True) -> tuple[dict[str, Any], dict[str, str]]:

@@ -53,6 +53,7 @@ def run(plan: Plan, ctx: RunContext, hooks: Sequence[Any] = ()) -> Artifact:
     error: BaseException | None = None
     _emit(hooks, "before_run", plan, ctx)
     try:
+        _start(plan.stages, ctx, hooks)
         with tqdm(plan.stages, desc="pipeline", unit="stage", leave=False, disable=None) as bar:
             for index, planned in enumerate(bar):
                 bar.set_postfix_str(planned.name)
@@ -64,7 +65,36 @@ def run(plan: Plan, ctx: RunContext, hooks: Sequence[Any] = ()) -> Artifact:
         error = exc
         raise
     finally:
+        _stop(plan.stages)
         _emit(hooks, "after_run", artifact, error)
+
+
+def _start(stages: Sequence[PlannedStage], ctx: RunContext, hooks: Sequence[Any]) -> None:
+    """Before the first stage, each stage with a ``start`` begins its slow preparation in the
+    background (export: its fresh-process check imports torch while the model loads). What a
+    stage starts holds the device's timed-section lock while it works, so no timing runs beside
+    it; ``stop`` ends whatever its run did not use (the run failed or stopped before it)."""
+    for planned in stages:
+        start = getattr(planned.stage, "start", None)
+        if start is None:
+            continue
+        try:
+            start(ctx)
+        except Exception as exc:
+            failure = StageError(planned.name, exc)
+            _emit(hooks, "on_error", failure, None)
+            raise failure from exc
+
+
+def _stop(stages: Sequence[PlannedStage]) -> None:
+    for planned in stages:
+        stop = getattr(planned.stage, "stop", None)
+        if stop is None:
+            continue
+        try:
+            stop()
+        except Exception:   # tidying up must not hide how the run ended
+            log.warning("stage %s: stopping its background work failed", planned.name, exc_info=True)
 
 
 def _early_checks(later: Sequence[PlannedStage], artifact: Artifact, ctx: RunContext,

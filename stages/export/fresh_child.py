@@ -1,15 +1,23 @@
-"""Run by ``fresh.py`` as ``python -c <this file's text>`` in a new Python process, in the
-export dir: does the file load with nothing but its manifest's load line, and give the
+"""Run by ``fresh.py`` as ``python -c <this file's text>`` in a new Python process, working in
+the export dir: does the file load with nothing but its manifest's load line, and give the
 example's outputs?
 
-It imports torch first, while the exporting process is still tracing and writing the file (every
-torch format's load line imports it anyway, and it registers nothing a file needs beyond what
-``import torch`` gives any user), then reads its job (one JSON line) from stdin. It imports no
-ptflow module (a module ptflow imported would hide what the file needs): it runs the load line,
-then the call line on the inputs of ``<name>.example.safetensors``, and prints one JSON line: ``{"ok": true, "max_abs_error": ..., "load_s": ...}`` or
+It imports torch first, ahead of its job (every torch format's load line imports it anyway, and
+it registers nothing a file needs beyond what ``import torch`` gives any user), with the lazy
+torch modules named by $PTFLOW_FRESH_WARM (the format's loader imports them first thing:
+torch.export.load imports torch._dynamo), holding the lock files named by $PTFLOW_FRESH_LOCKS
+meanwhile (``flock``, as ``filelock`` takes them: a benchmark's timed section waits for the
+imports, and the imports for it). Then it reads JSON lines from stdin: optionally
+``{"imports": [...]}``, the modules the load line imports first (imported at once, in order:
+the same imports the load line makes, only earlier), then its job. It imports no ptflow
+module (a module ptflow imported would hide what the file needs): it runs the load line, then
+the call line on the inputs of ``<name>.example.safetensors``, and prints one JSON line:
+``{"ok": true, "max_abs_error": ..., "load_s": ...}`` or
 ``{"ok": false, "step": "load"|"call"|"compare", "error": "<Type>: <message>"}``.
 """
+import importlib
 import json
+import os
 import sys
 import time
 import traceback
@@ -31,9 +39,66 @@ def _failed(step, error):
     sys.exit(3)
 
 
-def _main(job):
+def _exit_now(code):
+    """The report is out: leave without tearing the interpreter down (torch's finalization
+    takes ~0.5-1 s, which the exporting process would wait for); nothing here needs it."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _import_early(modules):
+    """The load line's imports, made before its job arrives: None, or the first failure (the
+    load line would stop there too, so it is reported as the load line's)."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except BaseException as error:  # noqa: BLE001 - reported with the job
+            return error
+    return None
+
+
+def _import_torch(locks, owner, warm):
+    """import torch and `warm` (torch's own lazy modules, e.g. torch._dynamo: ``import torch``
+    declares them part of its namespace, imported on first use, and the format's loader uses
+    them before it reads a file), holding every lock file in `locks` (in order) meanwhile."""
+    held = []
+    try:
+        import fcntl
+    except ImportError:   # no flock here (Windows): the lock files mean nothing to take
+        locks = []
+    for path in locks:
+        try:
+            handle = open(path, "a")
+        except OSError:   # an unusable lock dir must not fail the check
+            continue
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:
+            handle.close()
+            continue
+        held.append(handle)
+        try:   # who holds it, for a benchmark's "waiting for ..." line
+            with open(os.path.splitext(path)[0] + ".owner", "w") as note:   # cpu-0.lock -> cpu-0.owner
+                note.write(owner + "\n")
+        except OSError:
+            pass
+    try:
+        import torch  # noqa: F401
+        for name in warm:
+            importlib.import_module(name)
+    finally:
+        for handle in held:
+            handle.close()   # closing releases the flock
+
+
+def _main(job, early_error=None):
+    if job.get("dir"):
+        os.chdir(job["dir"])   # the load line and the example name their files relative to it
     scope = {}
     started = time.perf_counter()
+    if early_error is not None:
+        _failed("load", early_error)
     try:
         exec(job["load"], scope)   # the manifest's own line, as a user pastes it
     except BaseException as error:  # noqa: BLE001 - reported, not raised
@@ -78,8 +143,18 @@ def _main(job):
     _report(ok=True, max_abs_error=worst, load_s=load_s, outputs=len(got))
 
 
-import torch  # noqa: E402,F401 - before the job arrives: see the docstring
-
-_line = sys.stdin.readline()
-if _line.strip():   # an empty stdin: the export stopped before this file was written
-    _main(json.loads(_line))
+_import_torch([p for p in os.environ.pop("PTFLOW_FRESH_LOCKS", "").split(os.pathsep) if p],
+              os.environ.pop("PTFLOW_FRESH_OWNER", "") or f"fresh-process check (pid {os.getpid()}), importing torch",
+              [m for m in os.environ.pop("PTFLOW_FRESH_WARM", "").split(os.pathsep) if m.startswith("torch.")])
+_early_error = None
+for _line in iter(sys.stdin.readline, ""):   # stdin closed first: the export stopped before the file was written
+    if not _line.strip():
+        continue
+    _message = json.loads(_line)
+    if "imports" not in _message:
+        try:
+            _main(_message, _early_error)
+        except SystemExit as stop:
+            _exit_now(stop.code if isinstance(stop.code, int) else 1)
+        _exit_now(0)
+    _early_error = _early_error or _import_early(_message["imports"])

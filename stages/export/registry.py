@@ -80,6 +80,9 @@ class ExportFormat:
     refuses: Mapping[Form, str] = field(default_factory=dict)
     refuses_recipes: Mapping[str, str] = field(default_factory=dict)
     summary: str = ""
+    warm: tuple[str, ...] = ()                   # torch's own lazy modules its loader imports first thing
+                                                 # (pt2: torch._dynamo): its fresh-process check imports
+                                                 # them with torch, before the run times (export's start)
 
 
 _FORMATS: dict[str, ExportFormat] = {}
@@ -88,7 +91,7 @@ _FORMATS: dict[str, ExportFormat] = {}
 def export_format(name: str, *, suffix: str, load: Callable[[Path, ExportJob], Reloaded], tolerance: float,
                   load_hint: str, call_hint: str | None = None, program: bool = False, uses_export: bool = False,
                   host_inputs: bool = False, precheck: Callable[[Any, ModelInputs], None] | None = None,
-                  packages: Sequence[str] = ("torch",), summary: str = "",
+                  packages: Sequence[str] = ("torch",), summary: str = "", warm: Sequence[str] = (),
                   refuses: Mapping[Form, str] | None = None, refuses_recipes: Mapping[str, str] | None = None):
     """Register fn(ExportJob, path) -> extra manifest fields as export format `name`.
 
@@ -99,7 +102,7 @@ def export_format(name: str, *, suffix: str, load: Callable[[Path, ExportJob], R
     def decorate(fn):
         _FORMATS[name] = ExportFormat(name, suffix, fn, load, tolerance, tuple(packages), load_hint, call_hint,
                                       program, uses_export, host_inputs, precheck, dict(refuses or {}),
-                                      dict(refuses_recipes or {}), summary)
+                                      dict(refuses_recipes or {}), summary, tuple(warm))
         return fn
 
     return decorate

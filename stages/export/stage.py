@@ -22,6 +22,7 @@ import platform
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -108,6 +109,8 @@ class ExportStage:
     def __init__(self, config: ExportConfig):
         self.config = config
         self.formats = [formats()[name] for name in config.formats]
+        self._early: fresh.FreshCheck | None = None   # the first format's check, started by `start`
+        self._early_allowed = True
 
     def consumes(self) -> frozenset[Form]:
         return frozenset(f for f in TORCH_EXPORT_FORMS if not any(f in fmt.refuses for fmt in self.formats))
@@ -121,6 +124,9 @@ class ExportStage:
         return Form.EXPORTED if "pt2" in self.config.formats else (given or Form.EAGER)
 
     def preflight(self, env: Environment) -> list[Problem]:
+        # `start` imports under the device lock: a benchmark that takes no lock would not wait for it
+        self._early_allowed = ((env.config.get("benchmark") or {}).get("lock", True) is not False
+                               or "benchmark" not in env.pipeline)
         problems = []
         method = env.quantize_method_before("export")
         for fmt in self.formats:
@@ -170,42 +176,59 @@ class ExportStage:
             fmt.precheck(artifact.module, export_example(artifact.inputs, artifact.example.inputs)[0])
         return {"export.trace_check_s": time.perf_counter() - started}
 
+    def start(self, ctx: RunContext) -> None:
+        """Called before the first stage: the first format's fresh-process check imports torch
+        (and what the format's loader imports first) while the run loads its model — 1.5-2 s
+        it would otherwise add at the end — holding the device's timed-section lock meanwhile,
+        so that the benchmark never times beside it (not with benchmark.lock=false)."""
+        if self.config.verify and self.config.fresh_check and self._early_allowed and self._early is None:
+            self._early = fresh.spawn_guarded(ctx.run_dir, ctx.device, self.formats[0].warm)
+
+    def stop(self) -> None:
+        """The early check, when the run ended before this stage used it."""
+        if self._early is not None:
+            self._early.kill()
+            self._early = None
+
     def run(self, artifact: Artifact, ctx: RunContext) -> Artifact:
         out_dir = resolve_path(self.config.dir) if self.config.dir else ctx.run_dir / "export"
         out_dir.mkdir(parents=True, exist_ok=True)
-        with torch.inference_mode():
-            sample_output = call(artifact.module, artifact.example.inputs)
-        register_output_types(sample_output)
-        traced, shapes = export_example(artifact.inputs, artifact.example.inputs)
-        job = ExportJob(artifact.module, artifact, ctx, traced, shapes, self.config.strict, self.config.opset)
-        checks = _check_inputs(artifact)
-        expected = _expected_outputs(artifact.module, checks)
         manifest_path = out_dir / "manifest.json"
         metrics: dict[str, float] = {}
         entries: list[dict[str, Any]] = []
         moves: list[tuple[Path, Path]] = []
-        fresh_checks: list[fresh.FreshCheck] = []
+        fresh_checks: list[fresh.FreshCheck | None] = [None] * len(self.formats)
         reloaded_program = None
         with contextlib.ExitStack() as stack:
+            if self.config.verify and self.config.fresh_check:   # the rest start now: they import torch meanwhile
+                early, self._early = self._early, None
+                fresh_checks = [early or fresh.spawn(out_dir, warm=self.formats[0].warm)]
+                fresh_checks += [fresh.spawn(out_dir, warm=fmt.warm) for fmt in self.formats[1:]]
+                stack.callback(lambda: [check.kill() for check in fresh_checks])
+            with torch.inference_mode():
+                sample_output = call(artifact.module, artifact.example.inputs)
+            register_output_types(sample_output)
+            traced, shapes = export_example(artifact.inputs, artifact.example.inputs)
+            job = ExportJob(artifact.module, artifact, ctx, traced, shapes, self.config.strict, self.config.opset)
+            checks = _check_inputs(artifact)
+            expected = _expected_outputs(artifact.module, checks)
             # the example first: the fresh-process check of each file runs on its inputs
             example_target = out_dir / f"{self.config.name}.example.safetensors"
             example_partial = stack.enter_context(partial_file(
                 out_dir / f".{self.config.name}.partial-{os.getpid()}.example.safetensors"))
             example = write_example(example_partial, artifact, artifact.module, expected)
             example.update(file=example_target.name, sha256=sha256_file(example_partial))
-            if self.config.verify and self.config.fresh_check:   # started now: they import torch meanwhile
-                fresh_checks = [fresh.spawn(out_dir) for _ in self.formats]
-            stack.callback(lambda: [check.kill() for check in fresh_checks])
-            for index, fmt in enumerate(self.formats):
+            for fmt, fresh_check in zip(self.formats, fresh_checks):
                 target = out_dir / f"{self.config.name}{fmt.suffix}"
                 # the partial keeps the final suffix (torch.export and AOTI want .pt2)
                 partial = stack.enter_context(partial_file(
                     out_dir / f".{self.config.name}.partial-{os.getpid()}{fmt.suffix}"))
-                entry, reloaded = self._write_one(fmt, job, partial, target, checks, expected, sample_output)
-                if fresh_checks:
-                    fresh_checks[index].send(fmt.name, entry["load"].replace(repr(target.name), repr(partial.name)),
-                                             entry["call"], example, example_partial.name, entry.get("tensors", 0),
-                                             "cpu" if fmt.host_inputs else artifact.device)
+                entry = self._write_one(fmt, job, partial, target, sample_output, fresh_check)
+                if fresh_check is not None:   # it loads the file while this process reloads it too
+                    fresh_check.send(fmt.name, entry["load"].replace(repr(target.name), repr(partial.name)),
+                                     entry["call"], example, example_partial.name, entry.get("tensors", 0),
+                                     "cpu" if fmt.host_inputs else artifact.device, out_dir)
+                reloaded = self._verify(fmt, job, partial, entry, checks, expected)
                 if fmt.name == "pt2":
                     reloaded_program = reloaded
                 metrics.update({f"export.{fmt.name}.{k}": v for k, v in entry["metrics"].items()})
@@ -213,7 +236,9 @@ class ExportStage:
                 moves.append((partial, target))
             moves.append((example_partial, example_target))
             for check, entry in zip(fresh_checks, entries):
-                seconds = _fresh_result(check, entry, self.config.tolerance_of(formats()[check.format]))
+                if check is None:
+                    continue
+                seconds = fresh.verdict(check, entry, self.config.tolerance_of(formats()[check.format]))
                 metrics[f"export.{check.format}.fresh_check_s"] = seconds
                 entry["metrics"]["fresh_check_s"] = seconds
             first = self.formats[0].name   # the run's headline export metrics: the first format's
@@ -239,28 +264,42 @@ class ExportStage:
             artifact = artifact.evolve(model=reloaded_program, module=reloaded_program, form=Form.EXPORTED)
         return artifact.with_metrics(metrics).with_files(files)
 
-    def _write_one(self, fmt: ExportFormat, job: ExportJob, partial: Path, target: Path,
-                   checks: list[ModelInputs], expected: list[list[torch.Tensor]],
-                   sample_output: object) -> tuple[dict[str, Any], Any]:
-        """Write one format to `partial`, reload it fresh and compare; its manifest entry."""
-        started = time.perf_counter()
+    def _write_one(self, fmt: ExportFormat, job: ExportJob, partial: Path, target: Path, sample_output: object,
+                   fresh_check: fresh.FreshCheck | None) -> dict[str, Any]:
+        """Write one format to `partial`; its manifest entry, without the reload check (``_verify``).
+        A program format's needs are read from the traced program before the file is written,
+        so that its fresh-process check imports them meanwhile."""
         _check_free_space(partial, _expected_mb(job.artifact))
-        try:
-            extra = fmt.write(job, partial)
+        with _failure_named(fmt, job):
+            started = time.perf_counter()
+            program = job.program() if fmt.program else None   # traced once; the writer reuses it
             export_s = time.perf_counter() - started
-            error, reloaded = float("nan"), None
-            if self.config.verify:
+            needs = program_needs(program, sample_output, REGISTERED_BY_PTFLOW) if fmt.program else Needs()
+            if fresh_check is not None:
+                fresh_check.prepare(needs.imports)
+            started = time.perf_counter()
+            extra = fmt.write(job, partial)
+            export_s += time.perf_counter() - started
+            needs = needs.plus(extra.pop("requires", ()))   # what the writer found its file needs
+        size = partial.stat().st_size
+        packages = tuple(dict.fromkeys(fmt.packages + tuple(needs.distributions())))
+        return {"format": fmt.name, "file": target.name, "sha256": sha256_file(partial), "size_bytes": size,
+                "load": needs.statements() + fmt.load_hint.format(file=target.name), "call": fmt.call_hint,
+                "requires": list(needs.imports), "tolerance": self.config.tolerance_of(fmt),
+                "versions": _package_versions(packages), **extra,
+                "metrics": {"export_s": export_s, "size_mb": size / 1e6}}
+
+    def _verify(self, fmt: ExportFormat, job: ExportJob, partial: Path, entry: dict[str, Any],
+                checks: list[ModelInputs], expected: list[list[torch.Tensor]]) -> Any:
+        """Reload `partial` into a fresh object here and compare it with the in-memory model on
+        every check input (metric reload_max_abs_error in `entry`); the reloaded pt2 program."""
+        error, reloaded = float("nan"), None
+        if self.config.verify:
+            with _failure_named(fmt, job):
                 runner = fmt.load(partial, job)
                 error = _max_abs_error(runner, checks, expected, fmt.name)
                 reloaded = getattr(runner, "module", None)
-            needs = program_needs(job.program(), sample_output, REGISTERED_BY_PTFLOW) if fmt.program else Needs()
-            needs = needs.plus(extra.pop("requires", ()))   # what the writer found its file needs
-        except (OSError, InputError):
-            raise
-        except Exception as error_:   # name the format: the stage name alone does not say which failed
-            raise InputError(f"export.formats={fmt.name}: writing or reloading the {fmt.name} file failed: "
-                             f"{diagnose(error_, job.spec)}") from error_
-        tolerance = self.config.tolerance_of(fmt)
+        tolerance = entry["tolerance"]
         if error > tolerance:
             raise InputError(f"export.formats={fmt.name}: the reloaded file differs from the model by {error:.3g} "
                              f"(export.tolerance.{fmt.name}={tolerance}); the export is not faithful. If the "
@@ -268,33 +307,20 @@ class ExportStage:
                              f"runtime), raise export.tolerance.{fmt.name} to a bound you accept")
         if reloaded is None and fmt.name == "pt2":
             reloaded = job.program().module()
-        size = partial.stat().st_size
-        packages = tuple(dict.fromkeys(fmt.packages + tuple(needs.distributions())))
-        entry = {"format": fmt.name, "file": target.name, "sha256": sha256_file(partial), "size_bytes": size,
-                 "load": needs.statements() + fmt.load_hint.format(file=target.name), "call": fmt.call_hint,
-                 "requires": list(needs.imports), "tolerance": tolerance,
-                 "versions": _package_versions(packages), **extra,
-                 "metrics": {"export_s": export_s, "size_mb": size / 1e6, "reload_max_abs_error": error}}
-        return entry, reloaded
+        entry["metrics"]["reload_max_abs_error"] = error
+        return reloaded
 
 
-def _fresh_result(check: fresh.FreshCheck, entry: dict[str, Any], tolerance: float) -> float:
-    """Wait for the fresh-process check of `entry`'s file; raise InputError unless it loaded
-    and gave the example's outputs. Its wall time."""
-    result = check.result()
-    name = check.format
-    if not result["ok"]:
-        step = {"load": "does not load", "call": "loads but fails on the example inputs",
-                "compare": "loads but returns something else"}.get(result.get("step"), "fails")
-        needs = f" (it imports {', '.join(entry['requires'])} first)" if entry.get("requires") else ""
-        raise InputError(f"export.formats={name}: the file {step} in a fresh Python process that runs only its "
-                         f"manifest's load line{needs}: {result['error']}. The load line: {entry['load']}. A user "
-                         f"loading the file would hit this too; drop '{name}' from export.formats, or register "
-                         "what it needs in a module the load line can import")
-    if result["max_abs_error"] > tolerance:
-        raise InputError(f"export.formats={name}: loaded in a fresh process, the file's outputs differ from the "
-                         f"example's by {result['max_abs_error']:.3g} (export.tolerance.{name}={tolerance})")
-    return float(result["seconds"])
+@contextlib.contextmanager
+def _failure_named(fmt: ExportFormat, job: ExportJob) -> Iterator[None]:
+    """A failure inside names the format: the stage name alone does not say which failed."""
+    try:
+        yield
+    except (OSError, InputError):
+        raise
+    except Exception as error:
+        raise InputError(f"export.formats={fmt.name}: writing or reloading the {fmt.name} file failed: "
+                         f"{diagnose(error, job.spec)}") from error
 
 
 def _check_inputs(artifact: Artifact) -> list[ModelInputs]:

@@ -35,8 +35,9 @@ def _load_pt2(path: Path, job: ExportJob):
     return run
 
 
+# torch.export.load imports torch._dynamo (~0.9 s, a lazy module of `import torch`) before it reads a file
 @export_format("pt2", suffix=".pt2", load=_load_pt2, tolerance=1e-4, refuses=_NEEDS_EXPORT, program=True, uses_export=True,
-               call_hint="out = m(*args, **kwargs)",
+               call_hint="out = m(*args, **kwargs)", warm=("torch._dynamo",),
                summary="torch.export program (ExportedProgram), dynamic dims kept",
                load_hint="import torch; m = torch.export.load({file!r}).module()")
 def write_pt2(job: ExportJob, path: Path) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -136,3 +137,47 @@ def test_fresh_check_false_skips_only_the_fresh_process(tmp_path):
     artifact = _run(tmp_path, "pipeline=[load,validate,export]", "export.fresh_check=false")
     assert "export.pt2.fresh_check_s" not in artifact.metrics
     assert artifact.metrics["export.pt2.reload_max_abs_error"] == 0.0
+
+
+def test_the_first_check_starts_with_the_run_and_imports_holding_the_device_lock(tmp_path, monkeypatch):
+    """Started before the first stage, the process imports torch while the model loads: it holds
+    the device's timed-section locks meanwhile (a benchmark waits for it), and lets go after."""
+    from filelock import FileLock, Timeout
+
+    from ptflow.measure import device_lock
+    from ptflow.stages.export import fresh
+
+    monkeypatch.setenv(device_lock.LOCK_DIR_ENV, str(tmp_path / "locks"))
+    check = fresh.spawn_guarded(tmp_path, "cpu")
+    try:
+        first = device_lock.lock_names("cpu")[0]
+        owner = tmp_path / "locks" / f"{first}.owner"
+        while "fresh-process check" not in (owner.read_text() if owner.exists() else ""):
+            assert check.process.poll() is None, check.process.communicate()
+            time.sleep(0.01)
+        with pytest.raises(Timeout):   # held while it imports
+            FileLock(str(tmp_path / "locks" / f"{first}.lock")).acquire(timeout=0)
+        with device_lock.timed_section("cpu") as held:   # and released once torch is in
+            assert held.acquired_at > 0
+    finally:
+        check.kill()
+
+
+def test_a_run_that_ends_before_export_stops_the_check_it_started(tmp_path, monkeypatch):
+    from ptflow.stages.export import fresh
+
+    started = []
+    spawn = fresh.spawn_guarded
+    monkeypatch.setattr(fresh, "spawn_guarded", lambda *args: started.append(spawn(*args)) or started[-1])
+
+    def broken(self, artifact, ctx):
+        raise RuntimeError("validate broke")
+
+    plan = compile_plan(*compose(*TINY, "pipeline=[load,validate,export]"))
+    # the class the plan holds (another test may have imported the module anew since it was registered)
+    (validate,) = [p.stage for p in plan.stages if p.name == "validate"]
+    monkeypatch.setattr(type(validate), "run", broken)
+    with pytest.raises(StageError, match="validate broke"):
+        engine.run(plan, make_context(tmp_path, plan), ())
+    (check,) = started
+    assert check.process.poll() is not None   # stopped, not left waiting for a job
