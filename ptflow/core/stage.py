@@ -112,6 +112,13 @@ class Stage(Protocol):
     # ``early_check(artifact, ctx) -> dict[str, float] | None`` — called right after the baseline
     #   is recorded (validate), before any stage between: look at the unoptimized model for what
     #   would fail this stage much later and raise (InputError) with the fix now; returns metrics.
+    # ``start(ctx)`` — called once before the first stage (ptflow.core.engine): begin slow preparation
+    #   in the background (export: its fresh-process check imports torch while the model loads); what
+    #   it starts must hold the device's timed-section lock (ptflow.measure.device_lock) while it works;
+    # ``stop()`` — called when the run ends, however it ends: end what ``start`` began and ``run`` did not use.
+    # ``repeat(artifact, ctx) -> dict`` — in a fresh worker that rebuilt the run up to this stage
+    #   (ptflow.app.repeat_worker, through ``RunContext.rebuild``): do the stage's measurement again
+    #   and return it as plain data (benchmark.repeats).
     #
     # Optional, the stage cache (ptflow.core.stage_cache; only a stage whose upstream is cached):
     # ``cache = "memory"`` — its result is kept in this process for the next job (a copy of

@@ -5,6 +5,7 @@ import enum
 import math
 import os
 import platform
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -246,7 +247,10 @@ def apply_determinism(mode: bool | str, config: DeviceConfig) -> tuple[dict[str,
                              "process (an earlier run here), so cuBLAS may not be deterministic; set "
                              f"CUBLAS_WORKSPACE_CONFIG={CUBLAS_WORKSPACE} in the environment before running ptflow"))
         os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
-    torch.use_deterministic_algorithms(enabled, warn_only=mode == "warn")
+    # off and nothing left on: no call, since it imports torch._inductor (~0.9 s) to set a flag that is off
+    inductor = sys.modules.get("torch._inductor.config")
+    if enabled or torch.are_deterministic_algorithms_enabled() or getattr(inductor, "deterministic", False):
+        torch.use_deterministic_algorithms(enabled, warn_only=mode == "warn")
     torch.backends.cudnn.deterministic = enabled
     if enabled:
         torch.backends.cudnn.benchmark = False   # the plan refuses device.cudnn_benchmark=true with it
