@@ -238,9 +238,10 @@ def main() -> None:
 
 def _skip_the_last_collections() -> None:
     """Before exiting: every object into the permanent generation, which the interpreter's
-    final garbage collections skip (torch, MLflow and the run leave millions of objects:
-    ~0.7-1 s of every run's exit). Threads are still joined, atexit handlers still run and
-    objects are still freed as their references go; only cycles left at exit are not collected."""
+    final garbage collections skip (torch, MLflow and the run leave millions of objects: they
+    made 1-2 s of every run's exit on a 2-core box). Threads are still joined, atexit handlers
+    still run and objects are still freed as their references go; only cycles left at exit
+    are not collected, as if the process had been killed after it finished."""
     import gc
 
     gc.freeze()
