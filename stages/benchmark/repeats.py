@@ -7,7 +7,8 @@ seed, same device settings; the stage cache's entries are hits, the inductor cac
 and then time baseline and candidate exactly as this process did (``BenchmarkStage.repeat``).
 
 Workers start right after this process's own timing and build in parallel while it runs its
-untimed passes; then, holding the device lock, it lets them time **one at a time**: nothing
+untimed passes; once all are built, holding the device lock, it lets them time **one at a
+time** (the lock is not held while they build: a rebuild may take it itself): nothing
 else of this run computes while a sample is taken. A worker's start-up (interpreter, imports,
 rebuild) is reported apart (``benchmark.repeat_startup_s``) and never timed. A worker that
 fails is a warning, not a failed run: the interval then covers the processes that reported,
@@ -97,8 +98,10 @@ def start(rebuild: Rebuild, stage: str, count: int, log_dir: Path, cache_dir: st
     return workers
 
 
-def run_turns(workers: Sequence[Worker], say: Callable[[str], None]) -> None:
-    """Wait until every worker is built, then let each time alone, in order."""
+def wait_ready(workers: Sequence[Worker]) -> None:
+    """Wait until every worker is built (or failed). Called *before* the stage takes the device
+    lock: a rebuild may itself take it for a while (an export stage earlier in the pipeline starts
+    its fresh-process check under it), and a lock held here would wait on a worker waiting on it."""
     for worker in workers:   # all build in parallel; waiting for each in turn waits for the slowest
         answer = worker.read()
         if "ready" in answer:   # its own clock: waiting here for a slower one is not its start-up
@@ -107,6 +110,10 @@ def run_turns(workers: Sequence[Worker], say: Callable[[str], None]) -> None:
         else:
             worker.error = answer.get("error", "no answer")
             worker.stop()
+
+
+def run_turns(workers: Sequence[Worker], say: Callable[[str], None]) -> None:
+    """Let each built worker time alone, in order (the caller holds the device lock)."""
     for worker in workers:
         if worker.error is not None:
             continue

@@ -241,6 +241,7 @@ class BenchmarkStage:
             metrics["benchmark.repeats"] = 1.0
             return [], {}
         started = time.perf_counter()
+        repeats.wait_ready(workers)   # outside the lock: a rebuild may take it (see wait_ready)
         with device_lock.timed_section(artifact.device, owner=f"{ctx.run_dir} (pid {os.getpid()})",
                                        report=_say, enabled=self.config.lock):
             repeats.run_turns(workers, _say)
