@@ -179,7 +179,9 @@ def test_close_stale_closes_records_of_runs_without_tracking(tmp_path):
 def test_tracking_server_dying_mid_run_costs_no_result_and_relog_completes_it(tmp_path, server):
     work = tmp_path / "work"
     work.mkdir()
-    proc = _start(work, f"tracking.uri={server.uri}", "benchmark.iters=3000")
+    # one process: the seconds after the stop must be the run's own logging, not 4 more
+    # processes timing 3000 samples each (~40 s apiece here)
+    proc = _start(work, f"tracking.uri={server.uri}", "benchmark.iters=3000", "benchmark.repeats=1")
     _wait_for_stage(work / "outputs", "benchmark")
     server.stop()
     started = time.monotonic()
