@@ -70,6 +70,7 @@ def run(config: dict[str, Any], config_yaml: str, choices: dict[str, str], overr
         job = job or JobInfo()
         record.run_name = naming.run_name(plan, job)
         record.tags = {**naming.run_tags(plan, job, record), **settings.tags}   # the plan refused clashes
+        record.choices = naming.choices(plan)
         if settings.reproduces:
             record.tags["ptflow.reproduces"] = settings.reproduces
         problem = room_problem(_record_places(run_dir, settings))

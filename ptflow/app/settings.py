@@ -27,7 +27,7 @@ DETERMINISTIC_VALUES = (False, True, "warn")
 CACHE_VALUES = {"on": True, "true": True, "off": False, "false": False}
 # tags a user may not set (`tags.<key>`): ptflow sets these itself, and stages add `accepted`
 OWN_TAG_PREFIXES = ("ptflow.", "mlflow.")
-OWN_TAGS = frozenset({"pipeline", "experiment", "device", "git_sha", "git_dirty", "hostname", "accepted",
+OWN_TAGS = frozenset({"pipeline", "recipe", "experiment", "device", "git_sha", "git_dirty", "hostname", "accepted",
                       "benchmark.stability"})
 TAG_KEY = re.compile(r"^[/\w.\- :]+$")   # MLflow's rule for tag names
 MAX_TAG_KEY, MAX_TAG_VALUE = 250, 5000      # MLflow's key limit; ptflow cuts tag values at 5000

@@ -5,11 +5,13 @@ from __future__ import annotations
 import copy
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ptflow.core.errors import ConfigError
 from ptflow.core.lifecycle import Interrupted
+from ptflow.runs.description import stability
 from ptflow.runs.record import EXIT_TRACKING_INCOMPLETE, RESULT_FILE, run_records
 
 
@@ -101,13 +103,13 @@ def report(sweep_dir: Path, expected: int | None) -> int:
     lines = [f"sweep: {len(results)}/{expected} job(s) in {sweep_dir}: "
              f"{len(results) - len(failed)} finished, {len(failed)} failed"
              + (f", {len(incomplete)} with an incomplete MLflow record" if incomplete else ""),
-             f"  {'job':<42}{'status':<10}{'p50 ms':>9}{'speedup':>9}{'metric Δ':>10}  run id"]
+             f"  {'job':<42}{'status':<10}{'state':<10}{'p50 ms':>9}{'speedup':>9}{'metric Δ':>10}  run id"]
     for result in results:
         s = result.summary or {}
         p50 = s.get("latency_ms", {}).get("optimized", {}).get("p50")
         speedup, delta = s.get("speedup_p50"), (s.get("task_metric") or {}).get("delta")
         swept = " ".join(o for o in result.overrides if o not in shared) or "(defaults)"
-        lines.append(f"  {swept[:41]:<42}{result.status:<10}"
+        lines.append(f"  {swept[:41]:<42}{result.status:<10}{state(s) if result.status == 'FINISHED' else '':<10}"
                      f"{'' if p50 is None else f'{p50:.3f}':>9}"
                      f"{'' if speedup is None else f'{speedup:.2f}x':>9}"
                      f"{'' if delta is None else f'{delta:+.4f}':>10}  {result.tracking.run_id or ''}")
@@ -115,6 +117,14 @@ def report(sweep_dir: Path, expected: int | None) -> int:
     if failed or len(results) < expected:
         return 1
     return EXIT_TRACKING_INCOMPLETE if incomplete else 0
+
+
+def state(summary: Mapping[str, Any]) -> str:
+    """What a finished job's figures are worth: 'rejected' (by the accuracy gate), else the
+    timings' 'invalid' / 'unstable' / 'stable' ('' when nothing was timed)."""
+    if summary.get("accepted") is False:
+        return "rejected"
+    return stability(summary) or ""
 
 
 def close(sweep_dir: Path, stop: Interrupted, stores: list[tuple[str, str]]) -> None:

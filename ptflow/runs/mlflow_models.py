@@ -45,14 +45,17 @@ class LoggedModel:
     registered: str | None = None   # <name>/<version>
 
 
-def model_name(manifest: Mapping[str, Any], fmt: str) -> str:
-    """The LoggedModel's name: the export's file stem plus the format (model-pt2)."""
-    entry = next(e for e in manifest["files"] if e["format"] == fmt)
-    return f"{entry['file'].split('.')[0]}-{fmt}"
+def model_name(manifest: Mapping[str, Any], fmt: str, stem: str | None = None) -> str:
+    """The LoggedModel's name: the recipe (``stem``) or else the export's file stem, plus the
+    format (int8_static-inductor-pt2, model-pt2)."""
+    if stem is None:
+        entry = next(e for e in manifest["files"] if e["format"] == fmt)
+        stem = entry["file"].split(".")[0]
+    return f"{stem}-{fmt}"
 
 
-def log_exported_models(uri: str, run_id: str, manifest_path: Path, present_tags: Mapping[str, str]
-                        ) -> list[LoggedModel]:
+def log_exported_models(uri: str, run_id: str, manifest_path: Path, present_tags: Mapping[str, str],
+                        stem: str | None = None) -> list[LoggedModel]:
     """Log every pt2/onnx file of the manifest not logged yet (its tag absent from the run)."""
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     example = manifest.get("example")
@@ -69,7 +72,8 @@ def log_exported_models(uri: str, run_id: str, manifest_path: Path, present_tags
             if MODEL_TAG.format(fmt=entry["format"]) in present_tags:
                 continue
             builder = _log_pt2 if entry["format"] == "pt2" else _log_onnx
-            model = builder(export_dir / entry["file"], manifest, example, tensors, run_id)
+            model = builder(export_dir / entry["file"], manifest, example, tensors, run_id,
+                            model_name(manifest, entry["format"], stem))
             if register_as and entry["format"] == registering:
                 model = _register(model, run_id, register_as)
             logged.append(model)
@@ -149,7 +153,7 @@ def _requirements(manifest: Mapping[str, Any], fmt: str) -> list[str]:
     return [f"{package}=={version.split('+')[0]}" for package, version in sorted(pins.items())]
 
 
-def _log(flavor: Any, manifest: Mapping[str, Any], fmt: str, run_id: str, **kwargs: Any) -> LoggedModel:
+def _log(flavor: Any, manifest: Mapping[str, Any], fmt: str, run_id: str, name: str, **kwargs: Any) -> LoggedModel:
     """Model.log with a flavor writing the file as is. MLflow's serving check (reload and
     predict the example) is off: the export stage already reloaded this very file fresh and
     compared it on every eval batch, and the check would cost seconds per run."""
@@ -160,14 +164,14 @@ def _log(flavor: Any, manifest: Mapping[str, Any], fmt: str, run_id: str, **kwar
     # (default: 0) experiment, with its artifacts under ./mlruns of whatever dir ptflow ran in.
     experiment_id = mlflow.MlflowClient().get_run(run_id).info.experiment_id
     model = mlflow.initialize_logged_model(
-        name=model_name(manifest, fmt), source_run_id=run_id, experiment_id=experiment_id,
+        name=name, source_run_id=run_id, experiment_id=experiment_id,
         tags={"ptflow.format": fmt, "ptflow.config_hash": str(manifest.get("config_hash"))})
     info = Model.log(artifact_path=None, flavor=flavor, run_id=run_id, model_id=model.model_id, **kwargs)
     return LoggedModel(fmt, info.model_id, f"models:/{info.model_id}")
 
 
 def _log_pt2(file: Path, manifest: Mapping[str, Any], example: Mapping[str, Any], tensors: Mapping[str, Any],
-             run_id: str) -> LoggedModel:
+             run_id: str, name: str) -> LoggedModel:
     """The .pt2 program in MLflow's pytorch flavor layout (data/model.pt2), the same bytes."""
     input_example = _inputs(example, tensors)
     sig = signature(example, None if isinstance(input_example, dict) else [None])
@@ -208,11 +212,11 @@ def _log_pt2(file: Path, manifest: Mapping[str, Any], example: Mapping[str, Any]
         _PythonEnv.current().to_yaml(str(root / "python_env.yaml"))
 
     flavor = SimpleNamespace(__name__="mlflow.pytorch", save_model=save_model)
-    return _log(flavor, manifest, "pt2", run_id, serialization_format="pt2", validate_serving_input=False)
+    return _log(flavor, manifest, "pt2", run_id, name, serialization_format="pt2", validate_serving_input=False)
 
 
 def _log_onnx(file: Path, manifest: Mapping[str, Any], example: Mapping[str, Any], tensors: Mapping[str, Any],
-              run_id: str) -> LoggedModel:
+              run_id: str, name: str) -> LoggedModel:
     """The .onnx file in MLflow's onnx flavor (runs with onnxruntime through pyfunc): the
     flavour's files, with the exported bytes themselves as model.onnx (MLflow's own save
     would serialise the proto again, and the manifest's sha256 would no longer match)."""
@@ -233,7 +237,7 @@ def _log_onnx(file: Path, manifest: Mapping[str, Any], example: Mapping[str, Any
         shutil.copyfile(file, Path(path) / "model.onnx")
 
     flavor = SimpleNamespace(__name__="mlflow.onnx", save_model=save_model)
-    return _log(flavor, manifest, "onnx", run_id, validate_serving_input=False)
+    return _log(flavor, manifest, "onnx", run_id, name, validate_serving_input=False)
 
 
 def _providers() -> list[str]:

@@ -10,7 +10,8 @@ dir's name, or for a sweep job the sweep dir's name and ``#<job number>``. A
 ``tracking.run_name`` given by the user is used as it is.
 
 Tags carry the option of each group that shaped the run — the groups of the stages in
-the pipeline plus those no stage owns (device, experiment) — and ``pipeline``.
+the pipeline plus those no stage owns (device, experiment) — ``pipeline``, and ``recipe``
+(``int8_static+inductor``: what the MLflow UI groups by).
 """
 from __future__ import annotations
 
@@ -20,15 +21,17 @@ import hashlib
 import json
 import socket
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ptflow
 from ptflow.core.files import CLAIM_FILE
 from ptflow.core.plan import Plan
 from ptflow.core.stage import load_stages
 from ptflow.runs.record import RunRecord
+from ptflow.runs.summary import RECIPE_GROUPS
 
 # Top-level keys that change where or whether a run is recorded, not what it runs.
 UNNAMED_KEYS = frozenset({"hydra", "tracking", "outputs_dir", "dry_run", "plugins", "tags", "reproduces"})
@@ -73,14 +76,27 @@ def run_name(plan: Plan, job: JobInfo) -> str:
 
 
 def run_tags(plan: Plan, job: JobInfo, record: RunRecord) -> dict[str, str]:
-    tags = {group: plan.choices[group] for group in sorted(active_groups(plan))}
+    tags = choices(plan)
     tags["pipeline"] = ",".join(planned.name for planned in plan.stages)
+    tags["recipe"] = recipe_tag(tags)
     if job.sweep_dir is not None:
         tags.update({"ptflow.sweep": job.sweep_dir, "ptflow.sweep_id": sweep_id(job.sweep_dir),
                      "ptflow.job_num": str(job.job_num)})
     tags.update(source_tags())
     tags.update({"ptflow.process": record.process, "ptflow.run_dir": str(Path(record.run_dir).resolve())})
     return tags
+
+
+def choices(plan: Plan) -> dict[str, str]:
+    """{group: option} of the config groups that shaped the run (tags, and params as a Hydra
+    user filters them: ``params.quantize = 'int8_static'``)."""
+    return {group: plan.choices[group] for group in sorted(active_groups(plan))}
+
+
+def recipe_tag(chosen: Mapping[str, str]) -> str:
+    """The recipe in one word the MLflow UI can group by: 'int8_static+inductor' (the options of
+    the recipe groups whose stage runs), or 'as loaded' when no such stage runs."""
+    return "+".join(chosen[g] for g in RECIPE_GROUPS if g in chosen) or "as loaded"
 
 
 def active_groups(plan: Plan) -> set[str]:
@@ -136,7 +152,7 @@ def _where(job: JobInfo) -> str:
 @functools.lru_cache(maxsize=1)   # one git look-up per process, not per job
 def source_tags() -> dict[str, str]:
     tags = {"hostname": socket.gethostname(), "git_sha": "unknown", "mlflow.source.name": "ptflow",
-            "mlflow.user": getpass.getuser()}
+            "mlflow.user": getpass.getuser(), "ptflow.version": ptflow.__version__}
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         if sha.returncode == 0:

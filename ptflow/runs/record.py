@@ -73,6 +73,7 @@ class RunRecord:
     ended_at: str | None = None
     run_name: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    choices: dict[str, str] = field(default_factory=dict)   # {group: option} that shaped the run (params too)
     config: dict[str, Any] = field(default_factory=dict)     # resolved, without the hydra node
     settings: dict[str, Any] = field(default_factory=dict)   # device settings in force
     metrics: dict[str, float] = field(default_factory=dict)

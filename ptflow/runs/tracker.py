@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ptflow.core.errors import first_line
 from ptflow.core.files import describe_disk_full
 from ptflow.core.typed import to_plain
-from ptflow.runs import summary
+from ptflow.runs import description, summary
+from ptflow.runs.description import NOTE_TAG
 from ptflow.runs.mlflow_calls import mlflow_quiet, set_terminated
 from ptflow.runs.mlflow_datasets import dataset_key, mlflow_dataset
 from ptflow.runs.params import sanitize_key, to_params
@@ -221,6 +222,7 @@ class MlflowTracker:
         parent = parent_of(self.record.tags.get("ptflow.sweep"), self.uri, self.experiment_id)
         if parent:   # a sweep job: MLflow nests it under the sweep's parent run
             tags[PARENT_ID_TAG] = parent
+        tags[NOTE_TAG] = description.running(self.record)
         run = self.client.create_run(self.experiment_id, run_name=self.record.run_name, tags=tags)
         self.run_id = self.record.tracking.run_id = run.info.run_id
         self._describe(set())
@@ -243,6 +245,9 @@ class MlflowTracker:
     def _log_params(self, present: set[str]) -> None:
         params, long_values = to_params(self.record.config)
         params.update({f"system.{k}": str(v) for k, v in self.record.settings.items()})
+        # the group choices as a Hydra user names them (params.quantize = 'int8_static'), unless a
+        # config key of that name already is a param
+        params.update({k: v for k, v in self.record.choices.items() if k not in params})
         self._log_batch(params={k: v for k, v in params.items() if k not in present})
         if long_values:
             self.client.log_dict(self.run_id, long_values, "params_long.json")
@@ -337,6 +342,7 @@ class MlflowTracker:
         run_dir = Path(record.run_dir)
         if record.summary:
             self.client.set_tag(self.run_id, "ptflow.summary", summary.one_line(record.summary)[:MAX_TAG])
+        self.client.set_tag(self.run_id, NOTE_TAG, description.ended(record)[:MAX_TAG])
         summary_file = run_dir / "summary.json"
         if summary_file.is_file():
             self.client.log_artifact(self.run_id, str(summary_file))
@@ -362,7 +368,8 @@ class MlflowTracker:
 
         present = self.client.get_run(self.run_id).data.tags
         with mlflow_quiet():   # MLflow prints "Successfully registered ..."; the summary says it once
-            logged = log_exported_models(self.uri, self.run_id, manifest, present)
+            logged = log_exported_models(self.uri, self.run_id, manifest, present,
+                                         description.model_stem(self.record))
         for model in logged:
             tags = {MODEL_TAG.format(fmt=model.format): model.uri}
             if model.registered:

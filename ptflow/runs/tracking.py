@@ -212,6 +212,10 @@ def prepare(config: TrackingConfig, outputs_dir: Path) -> str:
             raise ExperimentError(f"{type(error).__name__}: {first_line(error)}") from error
 
 
+# MLflow 3's experiment kind: a classic ML experiment opens on its runs table, not the GenAI overview
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 class ExperimentError(Exception):
     """The store opened, but the experiment could not be found or created there."""
 
@@ -237,7 +241,7 @@ def _experiment_id(client, name: str, outputs_dir: Path, uri: str) -> str:
     if experiment is None:
         location = (outputs_dir / "mlartifacts").resolve().as_uri() if uri.startswith(("sqlite:", "file:")) else None
         try:
-            return client.create_experiment(name, artifact_location=location)
+            return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except MlflowException:
             experiment = client.get_experiment_by_name(name)   # created meanwhile by another machine
             if experiment is None:
@@ -245,6 +249,8 @@ def _experiment_id(client, name: str, outputs_dir: Path, uri: str) -> str:
     if experiment.lifecycle_stage == "deleted":
         log.warning("MLflow experiment %r was deleted; restoring it", name)
         client.restore_experiment(experiment.experiment_id)
+    if EXPERIMENT_KIND_TAG not in experiment.tags:   # made before ptflow set it; a kind someone chose stays
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return experiment.experiment_id
 
 

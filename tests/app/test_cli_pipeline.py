@@ -70,6 +70,33 @@ def test_default_pipeline_logs_params_tags_and_artifacts(default_run):
     assert {"files/export.pt2", "files/export.manifest"} <= files
 
 
+def test_default_run_reads_in_the_mlflow_ui_without_adding_columns(default_run):
+    """What the runs table and run page show as they open: the description, a recipe to group
+    by, the group choices as params, a named model, a classic ML experiment, ptflow's version."""
+    from mlflow.tracking import MlflowClient
+
+    import ptflow
+
+    (run,) = mlflow_runs(default_run)
+    params, tags, m = run.data.params, run.data.tags, run.data.metrics
+    assert tags["recipe"] == "int8_dynamic+eager"
+    assert params["quantize"] == "int8_dynamic" and params["compile"] == "eager" and params["model"] == "digits_mlp"
+    assert tags["ptflow.version"] == ptflow.__version__
+    note = tags["mlflow.note.content"]
+    head = note.splitlines()[0]
+    assert head.startswith("**int8_dynamic+eager** · speedup ")
+    # rounded as ptflow prints it; the metric keeps the raw value
+    assert f"{m['benchmark/speedup_p50']:.2f}x [{m['benchmark/speedup_ci_low']:.2f}, " \
+           f"{m['benchmark/speedup_ci_high']:.2f}] over 5 processes" in head
+    assert f"top1_accuracy {m['benchmark/top1_accuracy_delta']:+.4f}" in head
+    assert f"timings {tags['benchmark.stability']}" in head
+    client = MlflowClient(tracking_uri=default_run.tracking_uri)
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    (model,) = client.search_logged_models([run.info.experiment_id])
+    assert model.name == "int8_dynamic-eager-pt2"
+
+
 def test_export_manifest_matches_the_file(default_run):
     (manifest_path,) = default_run.outputs.glob("runs/*/*/export/manifest.json")
     manifest = json.loads(manifest_path.read_text())
@@ -89,6 +116,12 @@ def test_multirun_records_each_job_in_one_experiment(ptflow):
     result = ptflow("-m", "quantize=none,int8_dynamic", "benchmark=quick", "pipeline=[load,validate,quantize,benchmark]")
     assert result.code == 0, result.stderr
     assert "2/2 job(s)" in result.stdout and "2 finished, 0 failed" in result.stdout
+    lines = result.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("  job "))
+    header, rows = lines[at], lines[at + 1:at + 3]
+    assert header.split()[:3] == ["job", "status", "state"]
+    states = {"stable", "unstable", "invalid", "rejected"}   # what each finished job's figures are worth
+    assert all(row.split()[1] == "FINISHED" and row.split()[2] in states for row in rows), rows
     runs = mlflow_runs(result)
     assert sorted(r.data.params["quantize.method"] for r in runs) == ["int8_dynamic", "none"]
     assert all(r.info.status == "FINISHED" for r in runs)

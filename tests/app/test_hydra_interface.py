@@ -200,6 +200,18 @@ def test_help_lists_groups_of_every_config_dir_and_what_overrides_pick(inproc, t
     assert "pipeline: load → validate → quantize → compile → benchmark" in out
 
 
+def test_help_names_every_installed_command(inproc):
+    import tomllib
+
+    from tests.conftest import ROOT
+
+    commands = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    code, out, err = inproc("--help")
+    assert code == 0, err
+    listed = {line.split()[0] for line in out.splitlines() if line.startswith("  ptflow")}
+    assert set(commands) <= listed, set(commands) - listed
+
+
 def test_version_names_ptflow_and_hydra(inproc):
     code, out, err = inproc("--version")
     assert code == 0 and out.startswith("ptflow 0.") and "Hydra 1.3" in out

@@ -93,10 +93,23 @@ def test_mlflow_variables_sit_between_explicit_config_and_the_defaults(monkeypat
         _plan()
 
 
+def test_mlflow_enable_system_metrics_logging_is_honoured_like_the_key(monkeypatch):
+    monkeypatch.delenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", raising=False)
+    assert _plan().settings.tracking.system_metrics is False
+    for text, expected in (("true", True), ("1", True), ("false", False), ("0", False)):
+        monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", text)
+        assert _plan().settings.tracking.system_metrics is expected, text
+    monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true")
+    assert _plan("tracking.system_metrics=false").settings.tracking.system_metrics is False   # the key wins
+    monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "maybe")
+    with pytest.raises(Exception, match="tracking.system_metrics"):
+        _plan()
+
+
 def test_the_mlflow_yaml_lists_every_tracking_field():
     listed = yaml.safe_load((ROOT / "conf" / "tracking" / "mlflow.yaml").read_text())
     assert set(listed) == {f.name for f in fields(TrackingConfig)}
-    assert listed["system_metrics"] is False
+    assert listed["system_metrics"] == "${oc.env:MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING,false}"
 
 
 # -- 2. names and tags say what ran, and tell runs apart ------------------------------------

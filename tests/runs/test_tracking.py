@@ -29,6 +29,23 @@ def test_prepare_restores_a_deleted_experiment(tmp_path):
     assert client.get_experiment(experiment_id).lifecycle_stage == "active"
 
 
+def test_the_experiment_is_a_classic_ml_one_unless_its_owner_chose_a_kind(tmp_path):
+    """MLflow 3's UI opens a classic ML experiment on its runs table (not the GenAI overview)."""
+    from mlflow.tracking import MlflowClient
+
+    config = TrackingConfig(experiment="exp-kind")
+    uri = store_uri(config, tmp_path)
+    client = MlflowClient(tracking_uri=uri)
+    made = prepare(config, tmp_path)
+    assert client.get_experiment(made).tags["mlflow.experimentKind"] == "custom_model_development"
+    older = client.create_experiment("made-before")               # an experiment without a kind gets one
+    assert prepare(TrackingConfig(experiment="made-before"), tmp_path) == older
+    assert client.get_experiment(older).tags["mlflow.experimentKind"] == "custom_model_development"
+    theirs = client.create_experiment("genai", tags={"mlflow.experimentKind": "genai_development"})
+    assert prepare(TrackingConfig(experiment="genai"), tmp_path) == theirs   # a kind someone chose stays
+    assert client.get_experiment(theirs).tags["mlflow.experimentKind"] == "genai_development"
+
+
 def test_explicit_uri_is_used_as_given(tmp_path):
     uri = f"sqlite:///{tmp_path / 'elsewhere.db'}"
     assert store_uri(TrackingConfig(uri=uri), Path("ignored")) == uri
