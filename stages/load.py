@@ -6,9 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ptflow.core.artifact import Artifact, DataContext, Form
 from ptflow.core.errors import ConfigError, InputError, Problem, invalid_choice
@@ -24,6 +22,9 @@ from ptflow.inputs.weights import (SAFETENSORS, TORCH_FORMATS, ModelFormat, Prog
                             expected_format, file_problem, fix_hint, read_program,
                             read_torchscript, safety_problem, sniff)
 from ptflow.measure.modelinfo import dtype_of, parameter_count, model_size_mb
+
+if TYPE_CHECKING:   # imported where used: importing this module must not import torch (fast plan checks)
+    import torch
 
 # Files that hold their architecture with their weights: no builder, and a form of their own.
 FORMS = {ModelFormat.TORCHSCRIPT: Form.SCRIPTED, ModelFormat.PT2: Form.EXPORTED}
@@ -126,16 +127,16 @@ class LoadStage:
         return []
 
     def preflight(self, env: Environment) -> list[Problem]:
-        model, data = self.config.model, self.config.data
-        problems = check_target(data.source, "data.source")
+        model, data, imports = self.config.model, self.config.data, env.import_targets
+        problems = check_target(data.source, "data.source", imports)
         if data.calibration is not None:
-            problems += check_target(data.calibration, "data.calibration")
-        no_targets = traits_of(data.source).no_targets
+            problems += check_target(data.calibration, "data.calibration", imports)
+        no_targets = traits_of(data.source).no_targets if imports else None
         why = no_targets(_arguments(data.source)) if no_targets and data.metric is not None else None
         if why:
             problems.append(Problem("data.metric", data.metric, "null for data without targets", why))
         if model.builder is not None:
-            problems += check_target(model.builder, "model.builder")
+            problems += check_target(model.builder, "model.builder", imports)
         if model.weights:
             problems += _weights_file_problems(model)
         return problems
@@ -261,6 +262,8 @@ def load_model(config: ModelConfig, warn: Warn = ignore_warning) -> LoadedModel:
     """The model as model.format (or the file) says: a TorchScript module, a .pt2 program's
     module, or the builder's module with the weights file loaded. `warn(key, message)` hears
     of casts and skipped keys, which load_state_dict does silently."""
+    import torch
+
     if config.weights is None:
         if not traits_of(config.builder).loads_weights:
             warn("load.weights", "model.weights is null: using the parameters model.builder creates "

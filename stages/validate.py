@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ptflow.core.artifact import Artifact, Baseline, Form
 from ptflow.core.errors import ConfigError, InputError, Problem
 from ptflow.core.spec import call, flatten_outputs, select_output
 from ptflow.core.stage import Environment, RunContext, register_stage
 from ptflow.decide import fidelity
+
+if TYPE_CHECKING:   # imported where used: importing this module must not import torch (fast plan checks)
+    import torch
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class ValidateStage:
         return []
 
     def run(self, artifact: Artifact, ctx: RunContext) -> Artifact:
+        import torch
+
         outputs, task_outputs = [], []
         reference_shapes: dict[str, tuple[int, ...]] | None = None
         with torch.inference_mode():
@@ -82,6 +85,8 @@ class ValidateStage:
         """Why a cached baseline is not this model's: eval batch 0 and one other chosen at
         random are run again and compared with the entry (paths, shapes, values within the
         output dtype's rounding); None when they match."""
+        import torch
+
         batches, paths = artifact.batches, meta["leaves"]
         if len(paths) != len(batches):
             return f"it holds outputs of {len(paths)} eval batches; this run has {len(batches)}"
@@ -140,6 +145,8 @@ def _scalar_output_message(task: torch.Tensor, leaves: list[tuple[str, torch.Ten
 
 
 def _check_finite(leaves: list[tuple[str, torch.Tensor]], index: int) -> None:
+    import torch
+
     for path, tensor in leaves:
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             nan, inf = int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
@@ -179,6 +186,8 @@ def _tolerance(dtype: torch.dtype, artifact: Artifact) -> float:
     """How far a rerun of the same model may drift: thread counts and kernel choices change
     float sums in the last bits of the output's precision (TF32 for float32 matmuls on CUDA
     unless matmul_precision is highest); a changed weight moves outputs grossly."""
+    import torch
+
     if not dtype.is_floating_point:
         return 0.0
     eps = torch.finfo(dtype).eps
@@ -191,6 +200,8 @@ def _tolerance(dtype: torch.dtype, artifact: Artifact) -> float:
 def _differs(fresh: torch.Tensor, cached: torch.Tensor, rtol: float) -> str | None:
     """Why a rerun's output does not match the cached one (shape, or values beyond rtol, with
     an absolute slack of rtol/10 of the output's largest value); None when it matches."""
+    import torch
+
     fresh = fresh.detach().float().cpu()
     if fresh.shape != cached.shape:
         return f"has shape {tuple(fresh.shape)}; the entry holds {tuple(cached.shape)}"

@@ -134,8 +134,11 @@ def _outputs_dir_problems(settings: RunSettings) -> list[Problem]:
                     f"{reason}; pick another outputs_dir")]
 
 
-def compile_plan(cfg: Mapping[str, Any], choices: Mapping[str, str] | None = None) -> Plan:
-    """Check `cfg` (plain, resolved, without the hydra node) and return its Plan."""
+def compile_plan(cfg: Mapping[str, Any], choices: Mapping[str, str] | None = None,
+                 import_targets: bool = True) -> Plan:
+    """Check `cfg` (plain, resolved, without the hydra node) and return its Plan.
+    ``import_targets=False``: check the `_target_` builders without importing them (see
+    ``core.stage.Environment``)."""
     problems: list[Problem] = []
     settings = build_config(RunSettings, {k: cfg[k] for k in SETTINGS_KEYS if k in cfg}, "", problems)
     plugins = settings.plugins if settings else ()
@@ -151,7 +154,7 @@ def compile_plan(cfg: Mapping[str, Any], choices: Mapping[str, str] | None = Non
                                     RENAMED.get(key) or did_you_mean(key, known) or "remove it"))
     if settings is None:
         raise ConfigError(problems)
-    stages = plan_stages(settings.pipeline, settings.device.type.value, cfg, registry, problems)
+    stages = plan_stages(settings.pipeline, settings.device.type.value, cfg, registry, problems, import_targets)
     problems.extend(_run_wide_problems(settings, cfg))
     problems.extend(device.check(settings.device))
     problems.extend(_outputs_dir_problems(settings))

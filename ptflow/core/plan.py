@@ -69,10 +69,12 @@ def build_config(cls: type, data: object, path: str, problems: list[Problem]) ->
 
 
 def plan_stages(pipeline: tuple[str, ...], device_type: str, cfg: Mapping[str, Any],
-                registry: Mapping[str, StageSpec], problems: list[Problem]) -> list[PlannedStage]:
+                registry: Mapping[str, StageSpec], problems: list[Problem],
+                import_targets: bool = True) -> list[PlannedStage]:
     """Each stage of `pipeline` built from its typed config, pre-flighted, and chained: the
-    forms and facts each hands on must be what the next consumes. Problems go to `problems`."""
-    env = Environment(device_type, pipeline, cfg)
+    forms and facts each hands on must be what the next consumes. Problems go to `problems`.
+    ``import_targets``: see ``Environment``."""
+    env = Environment(device_type, pipeline, cfg, import_targets)
     planned: list[PlannedStage] = []
     form: Form | None = None
     form_from = ""          # the stage that produced `form`, for the hint

@@ -29,6 +29,10 @@ class Environment:
     device_type: str
     pipeline: tuple[str, ...] = ()
     config: Mapping[str, Any] = field(default_factory=dict)
+    # False when ptflow explains a command line Hydra refused: the `_target_` builders are then
+    # checked without importing them (their module exists and defines the name), so the answer
+    # comes before torch is imported; their arguments are checked once the line composes
+    import_targets: bool = True
 
     def quantize_method_before(self, stage: str) -> str | None:
         """The quantize recipe that runs before `stage` in this pipeline, if any."""

@@ -7,7 +7,9 @@ keys), whether it loads trained weights itself, whether the data it makes is syn
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.resources
+import importlib.util
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -76,40 +78,103 @@ def resolve_path(text: str) -> Path:
 
 
 def _locate(dotted: str) -> Any:
-    module_name, _, attr = dotted.rpartition(".")
-    if not module_name:
-        raise ImportError(f"'{dotted}' is not a dotted path like package.module.name")
+    module_name, attr = _split(dotted)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
-        top = module_name.split(".")[0]
-        if error.name != top:
-            raise
-        where = origin_cwd()
-        if (where / f"{top}.py").is_file() or (where / top / "__init__.py").is_file():
-            raise ImportError(f"{error}, though {where} holds it: that directory is not on the import path "
-                              "(the ptflow command puts it there unless PYTHONSAFEPATH is set); unset "
-                              f"PYTHONSAFEPATH, or set PYTHONPATH={where}") from None
-        raise ImportError(f"{error}: it is neither an installed package nor a module in {where}, "
-                          f"where ptflow imports your own modules from ({top}.py or {top}/); run "
-                          "ptflow from the directory that holds it, or pip install its package") from None
+        _not_found(module_name, error)
     except ImportError:
         raise
     except Exception as error:   # a module that fails while importing: its own bug, named
         raise ImportError(f"importing module '{module_name}' raised {type(error).__name__}: "
                           f"{first_line(error)}") from None
     if not hasattr(module, attr):
-        public = [n for n in dir(module) if not n.startswith("_")]
-        hint = did_you_mean(attr, public)
-        raise ImportError(f"module '{module_name}' has no '{attr}'" + (f"; {hint}" if hint else ""))
+        _no_attribute(module_name, attr, dir(module))
     return getattr(module, attr)
 
 
-def check_target(spec: Mapping[str, Any] | None, key: str) -> list[Problem]:
-    """Is `spec` a `_target_` node whose callable imports and accepts its keyword args?"""
+def _find(dotted: str) -> None:
+    """`_locate` without running the module: ImportError unless it can be found and its source
+    defines `attr` at the top level. A module whose names cannot be read off its source (compiled,
+    a star import, a module ``__getattr__``) passes: importing it will tell."""
+    module_name, attr = _split(dotted)
+    try:   # imports the module's parent packages (not the module)
+        spec = importlib.util.find_spec(module_name)
+    except ModuleNotFoundError as error:
+        _not_found(module_name, error)
+    except Exception as error:   # a parent package that fails while importing
+        raise ImportError(f"importing the package of '{module_name}' raised {type(error).__name__}: "
+                          f"{first_line(error)}") from None
+    if spec is None:
+        _not_found(module_name, ModuleNotFoundError(f"No module named '{module_name}'", name=module_name))
+    names = _top_level_names(spec)
+    if names is not None and attr not in names:
+        _no_attribute(module_name, attr, names)
+
+
+def _top_level_names(spec: importlib.machinery.ModuleSpec) -> set[str] | None:
+    """The names a module's source binds at its top level, or None when they cannot be known."""
+    import ast
+
+    origin = spec.origin
+    if spec.submodule_search_locations is not None or not origin or not origin.endswith(".py"):
+        return None   # a package (its submodules are names too) or not Python source
+    try:
+        tree = ast.parse(Path(origin).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return None   # importing it will say what is wrong
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            if any(alias.name == "*" for alias in node.names):
+                return None
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+    # ast.walk sees nested definitions too: a name defined only inside a function passes here
+    # and fails when imported, never the other way round
+    return None if "__getattr__" in names else names
+
+
+def _split(dotted: str) -> tuple[str, str]:
+    module_name, _, attr = dotted.rpartition(".")
+    if not module_name:
+        raise ImportError(f"'{dotted}' is not a dotted path like package.module.name")
+    return module_name, attr
+
+
+def _not_found(module_name: str, error: ModuleNotFoundError) -> None:
+    top = module_name.split(".")[0]
+    if error.name != top:
+        raise error
+    where = origin_cwd()
+    if (where / f"{top}.py").is_file() or (where / top / "__init__.py").is_file():
+        raise ImportError(f"{error}, though {where} holds it: that directory is not on the import path "
+                          "(the ptflow command puts it there unless PYTHONSAFEPATH is set); unset "
+                          f"PYTHONSAFEPATH, or set PYTHONPATH={where}") from None
+    raise ImportError(f"{error}: it is neither an installed package nor a module in {where}, "
+                      f"where ptflow imports your own modules from ({top}.py or {top}/); run "
+                      "ptflow from the directory that holds it, or pip install its package") from None
+
+
+def _no_attribute(module_name: str, attr: str, names) -> None:
+    public = [n for n in names if not n.startswith("_")]
+    hint = did_you_mean(attr, public)
+    raise ImportError(f"module '{module_name}' has no '{attr}'" + (f"; {hint}" if hint else ""))
+
+
+def check_target(spec: Mapping[str, Any] | None, key: str, imports: bool = True) -> list[Problem]:
+    """Is `spec` a `_target_` node whose callable imports and accepts its keyword args?
+    With ``imports=False``: only whether its module can be found and defines the name, read
+    from the source without running it (its arguments need the callable: not checked)."""
     if not isinstance(spec, Mapping) or "_target_" not in spec:
         return [Problem(key, spec, "a mapping with '_target_: package.module.callable' and its kwargs")]
     try:
+        if not imports:
+            _find(str(spec["_target_"]))
+            return []
         target = _locate(str(spec["_target_"]))
     except ImportError as error:
         return [Problem(f"{key}._target_", spec["_target_"], "an importable callable", str(error))]

@@ -5,12 +5,13 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ptflow.core.artifact import DataContext, DatasetInfo, TensorInfo
 from ptflow.core.spec import Batch
+
+if TYPE_CHECKING:   # imported where used: importing this module must not import torch (fast plan checks)
+    import torch
 
 
 def describe_data(source: Mapping[str, Any], batches: Sequence[Batch], arg_names: Sequence[str],
@@ -18,6 +19,8 @@ def describe_data(source: Mapping[str, Any], batches: Sequence[Batch], arg_names
     """Name, source, digest and schema of the rows in `batches` (what the tracker logs as a
     data set). The digest covers the bytes of every input and target, column by column, so
     it does not depend on the batch size."""
+    import torch
+
     named = [batch.inputs.named(arg_names) for batch in batches]
     inputs = tuple(TensorInfo(name, _dtype(t.dtype), (-1, *t.shape[1:])) for name, t in named[0])
     labels = [torch.as_tensor(b.target) for b in batches] if batches[0].target is not None else []
@@ -37,6 +40,8 @@ def describe_data(source: Mapping[str, Any], batches: Sequence[Batch], arg_names
 
 def raw_bytes(tensor: torch.Tensor) -> Any:
     """The tensor's elements as a flat uint8 array (any dtype, bfloat16 included)."""
+    import torch
+
     return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import pickle
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ptflow.core.errors import InputError
 from ptflow.inputs.weights import PICKLED_OBJECTS, SAFETENSORS, fix_hint, read_failure
+
+if TYPE_CHECKING:   # imported where used: importing this module must not import torch (fast plan checks)
+    import torch
 
 SHOWN_KEYS = 8
 # Texts of torch's weights-only unpickler that mean a damaged stream, not a refused object.
@@ -21,6 +22,8 @@ Warn = Callable[[str, str], None]
 
 def read_weights(path: Path, trust_pickle: bool) -> Any:
     """What the file holds; every failure to read it is an InputError naming model.weights."""
+    import torch
+
     try:
         if path.suffix in SAFETENSORS:
             from safetensors.torch import load_file
@@ -40,6 +43,8 @@ def read_weights(path: Path, trust_pickle: bool) -> Any:
 
 
 def select_state_dict(loaded: Any, key: str | None, path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
     if not isinstance(loaded, dict):
         raise InputError(f"model.weights: {path} holds a {type(loaded).__name__}, not a state_dict "
                          f"(a dict of tensors)\n  fix: {fix_hint(path)}")
@@ -93,6 +98,8 @@ def partial_load_message(path: Path, missing: list[str], unexpected: list[str]) 
 
 def casts(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> str:
     """'model.weights: N tensor(s) cast from A (file) to B (model): names' for each dtype pair."""
+    import torch
+
     pairs: dict[tuple[torch.dtype, torch.dtype], list[str]] = {}
     for name, target in module.state_dict().items():
         source = state.get(name)

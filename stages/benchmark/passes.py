@@ -5,9 +5,7 @@ candidate's outputs and task metric against the baseline's, on every eval batch)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ptflow.core.artifact import Artifact
 from ptflow.core.errors import InputError
@@ -18,10 +16,15 @@ from ptflow.measure import plots
 from ptflow.stages.benchmark import profile as profiling
 from ptflow.stages.benchmark.roofline import compute_precision, flops_per_call, roofline_metrics
 
+if TYPE_CHECKING:   # imported where used: importing this module must not import torch (fast plan checks)
+    import torch
+
 
 def untimed(cfg: profiling.ProfileConfig, artifact: Artifact, models: dict[str, Any], inputs: ModelInputs,
             p50_ms: dict[str, float], ctx: RunContext) -> tuple[dict[str, float], dict[str, Path]]:
     """Memory, FLOPs/roofline and profiler figures for each timed model on the headline inputs."""
+    import torch
+
     metrics: dict[str, float] = {}
     files: dict[str, Path] = {}
     fns = {role: (lambda m=model: call(m, inputs)) for role, model in models.items()}
@@ -81,6 +84,8 @@ def pictures(cfg: profiling.ProfileConfig, sizes: list[dict[str, Any]], rows: li
 
 def fidelity_pass(artifact: Artifact, ctx: RunContext) -> dict[str, float]:
     """How far the candidate's outputs and task metric moved from the baseline's, on every eval batch."""
+    import torch
+
     baseline = artifact.baseline
     leaves, task_outputs = [], []
     with torch.inference_mode():

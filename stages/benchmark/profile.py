@@ -19,14 +19,15 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ptflow.core.errors import ConfigError, Problem, invalid_choice
 from ptflow.core.files import partial_file, write_atomic
 from ptflow.measure.modelinfo import model_size_mb, tensor_bytes
 from ptflow.stages.benchmark.roofline import Figures, Peak, known_peak
+
+if TYPE_CHECKING:   # imported where used: importing this module must not import torch (fast plan checks)
+    import torch
 
 MB = 1e6
 PROFILE_CALLS_MAX = 100   # every call adds its events to trace.json: a few calls show the steady state
@@ -110,6 +111,8 @@ def _activities(values: Sequence[Any]) -> tuple[Activity, ...]:
 
 
 def _profiler_records_cuda() -> bool:
+    import torch
+
     return torch.profiler.ProfilerActivity.CUDA in torch.profiler.supported_activities()
 
 
@@ -136,6 +139,8 @@ def memory_pass(fn: Callable[[], object], device: str | torch.device, role: str)
     interpreter, torch, every model loaded); .peak_rss_rise_mb: that peak above the RSS at
     the call's start, free heap pages handed back first. On CUDA also the allocator's peaks
     (.cuda_peak_allocated_mb, .cuda_peak_reserved_mb) and .cuda_peak_allocated_rise_mb."""
+    import torch
+
     device = torch.device(device)
     prefix = f"benchmark.{role}"
     notes: list[str] = []
@@ -226,6 +231,7 @@ def profile_pass(fn: Callable[[], object], calls: int, activities: Sequence[Acti
     recorded). Writes out_dir/profile_table.txt (key_averages, the 30 rows with the most self
     time: GPU time when CUDA is recorded, else CPU time) and out_dir/trace.json (Chrome trace,
     for chrome://tracing or Perfetto). Returns {"profile_table": path, "trace": path}."""
+    import torch
     from torch.profiler import ProfilerActivity, profile, schedule
 
     chosen = _activities(list(activities))

@@ -3,11 +3,14 @@ reached at, and its share of the device's peak (a table of known GPUs, or benchm
 Plain functions and data; the benchmark stage calls them after timing."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
+if TYPE_CHECKING:   # imported where used: importing this module must not import torch (fast plan checks)
+    import torch
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ def flops_per_call(fn: Callable[[], object]) -> FlopCount:
     torch.compile'd callable is traced again (a recompile), and AOTInductor, onnxruntime and
     quantized tensor subclasses (torchao's int8 matmuls) run outside it and read 0 — reported
     as "cannot count", never as 0 FLOPs."""
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)

@@ -8,6 +8,8 @@ timing.py beside it; this file holds the config, the plan-time checks and the ve
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import json
 import os
 import statistics
@@ -16,8 +18,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 from ptflow.core.artifact import RUNNABLE, Artifact, Form
 from ptflow.core.errors import ConfigError, InputError, Problem, first_line
@@ -32,6 +32,9 @@ from ptflow.stages.benchmark.passes import fidelity_pass, pictures, untimed
 from ptflow.stages.benchmark.profile import ProfileConfig
 from ptflow.stages.benchmark.timing import (ROLES, Mode, SizeResult, dispersions, measure_size, protocol_for,
                                             repeat_record, resized, scope)
+
+if TYPE_CHECKING:   # imported where used: importing this module must not import torch (fast plan checks)
+    import torch
 
 CUDA_INFLIGHT = 2      # benchmark.inflight=null on CUDA: one batch copies while the one before computes
 MAX_REPEATS = 50
@@ -300,6 +303,8 @@ class BenchmarkStage:
         return results, figures
 
     def _time_sizes(self, artifact: Artifact, ctx: RunContext) -> list[SizeResult]:
+        import torch
+
         cfg = self.config
         eval_inputs = artifact.batches[cfg.batch].inputs
         models = self._models(artifact)

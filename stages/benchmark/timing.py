@@ -14,14 +14,15 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ptflow.core.errors import InputError
 from ptflow.core.spec import BATCH_DIM, InputSpec, ModelInputs, call
 from ptflow.measure import protocol as measure
 from ptflow.measure.stats import LatencyStats, Ratio, median_ci, paired_ratio, summarize
+
+if TYPE_CHECKING:   # imported where used: importing this module must not import torch (fast plan checks)
+    import torch
 
 ROLES = ("baseline", "candidate")   # the order of even turns (odd turns run reversed)
 
@@ -127,6 +128,8 @@ def scope(processes: int) -> str:
 def resized(inputs: ModelInputs, spec: InputSpec, size: int) -> ModelInputs:
     """The eval batch at `size` rows: its first rows, or its rows repeated in order. Only for
     inputs whose dim 0 is the dynamic batch dim (a fixed-size model cannot take another size)."""
+    import torch
+
     rows = inputs.batch_size()
     if size == rows:
         return inputs
@@ -147,54 +150,11 @@ def block_runner(model: Any, inputs: ModelInputs, device: str, mode: Mode, infli
     """A runner timing k calls of `model` on `inputs` as `mode` and `device` require."""
     if not device.startswith("cuda"):
         return measure.cpu_block(lambda: call(model, inputs))   # CPU ops finish before they return
+    from ptflow.stages.benchmark.cuda_timing import CudaFeed, cuda_events_block
+
     if mode is Mode.THROUGHPUT and inflight > 1:
         return cuda_events_block(CudaFeed(model, inputs, inflight))
     return cuda_events_block(lambda: call(model, inputs))
-
-
-def cuda_events_block(fn: Callable[[], object]) -> measure.BlockRunner:
-    """k calls between two CUDA events on the current stream, synchronised at both ends."""
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-
-    def run(calls: int) -> float:
-        torch.cuda.synchronize()
-        with measure.gc_paused():
-            start.record()
-            for _ in range(calls):
-                fn()
-            end.record()
-            end.synchronize()
-        return start.elapsed_time(end) / 1e3
-
-    return run
-
-
-class CudaFeed:
-    """Calls of `model` on batches fed from pinned host memory: each batch is copied into one
-    of `inflight` device buffers on a side stream, so the copy of the next batch overlaps the
-    compute of the ones before it. A buffer is refilled only after the batch in it computed."""
-
-    def __init__(self, model: Any, inputs: ModelInputs, inflight: int):
-        self.model = model
-        self.host = [t for _, t in inputs.map(lambda t: t.detach().cpu().pin_memory()).named()]
-        self.slots = [inputs.map(torch.empty_like) for _ in range(inflight)]
-        self.copy_stream = torch.cuda.Stream()
-        self.copied = [torch.cuda.Event() for _ in range(inflight)]
-        self.computed = [torch.cuda.Event() for _ in range(inflight)]
-        self.next = 0
-
-    def __call__(self) -> object:
-        slot, self.next = self.next, (self.next + 1) % len(self.slots)
-        compute = torch.cuda.current_stream()
-        with torch.cuda.stream(self.copy_stream):
-            self.copy_stream.wait_event(self.computed[slot])   # a no-op before the slot's first use
-            for (_, target), source in zip(self.slots[slot].named(), self.host):
-                target.copy_(source, non_blocking=True)
-            self.copied[slot].record(self.copy_stream)
-        compute.wait_event(self.copied[slot])
-        result = call(self.model, self.slots[slot])
-        self.computed[slot].record(compute)
-        return result
 
 
 def measure_size(models: Mapping[str, Any], inputs: ModelInputs, device: str, mode: Mode, inflight: int,

@@ -2,12 +2,13 @@
 cudagraphs (inductor's reduce-overhead mode: CUDA graphs, CUDA only)."""
 from __future__ import annotations
 
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ptflow.core.artifact import Form
 from ptflow.stages.compile.registry import CompileJob, CompileMode, compile_backend
+
+if TYPE_CHECKING:   # imported where used: importing this module must not import torch (fast plan checks)
+    import torch
 
 COMPILABLE = frozenset({Form.EAGER, Form.QUANTIZED, Form.EXPORTED, Form.PACKED})
 NOT_SCRIPTED = {Form.SCRIPTED: "torch.compile cannot compile a TorchScript module (it traces Python code, which "
@@ -25,6 +26,7 @@ def eager(job: CompileJob) -> Any:
 
 def _compile(job: CompileJob, mode: CompileMode) -> Any:
     """torch.compile with inductor; compiles lazily, at the first call the stage times."""
+    import torch
     import torch._inductor.config as inductor_config
 
     torch._dynamo.reset()  # a fresh cache per run: sweep jobs in one process must not share guards

@@ -9,13 +9,14 @@ import os
 import warnings
 from pathlib import Path
 from collections.abc import Callable, Sequence
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ptflow.core.artifact import Form
 from ptflow.core.errors import InputError
 from ptflow.stages.compile.registry import CompileJob, compile_backend
+
+if TYPE_CHECKING:   # imported where used: importing this module must not import torch (fast plan checks)
+    import torch
 
 SCRIPTABLE = frozenset({Form.EAGER, Form.PACKED})   # the seed's path: quantize_dynamic + TorchScript
 # Probed on the bundled MLP: trace+freeze fails inside the tracer on int8_dynamic and folds int8_weight_only's
@@ -41,6 +42,8 @@ DATA_DEPENDENT = "might cause the trace to be incorrect"
 def trace_refusal(caught: Sequence[warnings.WarningMessage], what: str, model: Any, fix: str) -> str | None:
     """Why a trace that warned of a data-dependent step is refused (with torch's words, the
     model's source line and `fix`), or None."""
+    import torch
+
     torch_dir = str(Path(torch.__file__).resolve().parent)
     # torch's own checks (torch._assert in a PT2E graph) test values but compute nothing: not a branch
     found = next((w for w in caught if issubclass(w.category, torch.jit.TracerWarning)
@@ -90,6 +93,8 @@ class _Silenced:
 @compile_backend("torchscript_trace", summary="LEGACY torch.jit.trace + freeze", form=Form.SCRIPTED,
                  accepts=SCRIPTABLE, refusals=REFUSALS)
 def torchscript_trace(job: CompileJob) -> Any:
+    import torch
+
     example = job.artifact.example.inputs
 
     def build() -> Any:
@@ -106,6 +111,8 @@ def torchscript_trace(job: CompileJob) -> Any:
 @compile_backend("torchscript_script", summary="LEGACY torch.jit.script + freeze", form=Form.SCRIPTED,
                  accepts=SCRIPTABLE, refusals=REFUSALS)
 def torchscript_script(job: CompileJob) -> Any:
+    import torch
+
     return _quietly(job, lambda: torch.jit.freeze(_script(job.model).eval()))
 
 
@@ -113,6 +120,8 @@ def _script(model: Any) -> Any:
     """torch.jit.script; a model whose code TorchScript cannot compile (a closed-over global, an
     unsupported construct) fails naming the line — TorchScript's own message starts with a blank
     line, which would leave the console's one-line error empty."""
+    import torch
+
     try:
         return torch.jit.script(model)
     except Exception as error:   # TorchScript's frontend: RuntimeError, NotSupportedError, ...

@@ -9,14 +9,15 @@ loads and runs, so benchmark times what a deployment would run.
 """
 from __future__ import annotations
 
-from typing import Any
-
-import torch
-from torch.utils import _pytree
+from typing import TYPE_CHECKING, Any
 
 from ptflow.core.artifact import Form
 from ptflow.core.spec import export_example
 from ptflow.stages.compile.registry import CompileJob, OrtOptimization, compile_backend
+
+if TYPE_CHECKING:   # imported where used: importing this module must not import torch (fast plan checks)
+    from torch.utils import _pytree
+    import torch
 
 EXPORTABLE = frozenset({Form.EAGER, Form.QUANTIZED, Form.EXPORTED})
 REFUSALS = {Form.PACKED: "torch.ao's packed quantized layers (legacy_dynamic) cannot go through torch.export: "
@@ -27,6 +28,8 @@ REFUSALS = {Form.PACKED: "torch.ao's packed quantized layers (legacy_dynamic) ca
 
 def _program(job: CompileJob) -> tuple[Any, Any, Any]:
     """(exported program, traced example, dynamic shapes) of the model being compiled."""
+    import torch
+
     traced, shapes = export_example(job.artifact.inputs, job.artifact.example.inputs)
     program = torch.export.export(job.model, traced.args, dict(traced.kwargs), dynamic_shapes=shapes)
     return program, traced, shapes
@@ -35,6 +38,7 @@ def _program(job: CompileJob) -> tuple[Any, Any, Any]:
 @compile_backend("aoti", summary="torch.export + AOTInductor package, loaded and run", form=Form.AOTI,
                  accepts=EXPORTABLE, refusals=REFUSALS, inductor=True, uses_export=True)
 def aoti(job: CompileJob) -> Any:
+    import torch
     import torch._inductor.config as inductor_config
 
     from ptflow.stages.export.registry import write_bytes
@@ -70,6 +74,8 @@ _ORT_RECIPES = {
                  form=Form.ORT, accepts=EXPORTABLE, refusals=REFUSALS, refuses_recipes=_ORT_RECIPES,
                  uses_export=True)
 def onnxruntime(job: CompileJob) -> Any:
+    import torch
+
     import onnxruntime as ort
 
     traced, shapes = export_example(job.artifact.inputs, job.artifact.example.inputs)
@@ -88,19 +94,6 @@ def onnxruntime(job: CompileJob) -> Any:
     if job.artifact.device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
     session = ort.InferenceSession(str(path), options, providers=providers)
+    from ptflow.stages.compile.runners import OrtRunner
+
     return OrtRunner(session, onnx_program.exported_program.call_spec.out_spec, job.artifact.device)
-
-
-class OrtRunner:
-    """Calls an InferenceSession like the torch model: the same positional/keyword tensors in,
-    the same output structure out (tensors on the model's device)."""
-
-    def __init__(self, session: Any, out_spec: Any, device: str):
-        self.session, self.out_spec, self.device = session, out_spec, device
-        self.names = [i.name for i in session.get_inputs()]
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        flat = list(args) + [kwargs[name] for name in self.names[len(args):]]
-        feed = {name: t.detach().cpu().numpy() for name, t in zip(self.names, flat)}
-        outputs = [torch.from_numpy(o).to(self.device) for o in self.session.run(None, feed)]
-        return _pytree.tree_unflatten(outputs, self.out_spec)

@@ -18,9 +18,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ptflow.core.artifact import Artifact, Form
 from ptflow.core.errors import Problem
@@ -90,6 +88,8 @@ class CompileStage:
         return {"compile.trace_check_s": seconds}
 
     def run(self, artifact: Artifact, ctx: RunContext) -> Artifact:
+        import torch
+
         if self.backend.form is Form.EAGER and not self.config.channels_last:
             return artifact.with_metrics({"compile.compile_s": 0.0})
         model, module = artifact.model, artifact.module
@@ -102,6 +102,8 @@ class CompileStage:
         built = time.perf_counter()
         inputs = artifact.example.inputs
         if self.config.channels_last:
+            from ptflow.stages.compile.runners import ChannelsLastInputs
+
             runnable = ChannelsLastInputs(runnable)
         with torch.inference_mode(), warnings.catch_warnings():
             # torchao's tensor subclasses lack a cache-hash hook; inductor says so once per type
@@ -118,23 +120,10 @@ class CompileStage:
         return artifact.evolve(model=runnable, module=module, form=self.produces(artifact.form)).with_metrics(metrics)
 
 
-class ChannelsLastInputs:
-    """Calls the runnable with every 4-D input in channels_last memory format."""
-
-    def __init__(self, runnable: Any):
-        self.runnable = runnable
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        def convert(value: Any) -> Any:
-            if isinstance(value, torch.Tensor) and value.dim() == 4:
-                return value.contiguous(memory_format=torch.channels_last)
-            return value
-
-        return self.runnable(*map(convert, args), **{k: convert(v) for k, v in kwargs.items()})
-
-
 def _channels_last(artifact: Artifact, ctx: RunContext) -> tuple[Any, Any]:
     """A copy of the model with 4-D weights in channels_last (the baseline keeps its own)."""
+    import torch
+
     module = copy.deepcopy(artifact.module)
     if not any(p.dim() == 4 for p in module.parameters()):
         ctx.warn("compile.channels_last", "compile.channels_last=true but the model has no 4-D (conv) "
@@ -177,3 +166,7 @@ class _Cache:
 
 # The backends and runtimes ptflow ships (each module registers its own with @compile_backend).
 from ptflow.stages.compile import inductor, legacy, runtimes  # noqa: E402,F401
+
+if TYPE_CHECKING:   # imported where used: importing this module must not import torch (fast plan checks)
+    import torch
+

@@ -9,12 +9,13 @@ are the same for the same inputs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ptflow.core.artifact import Artifact
 from ptflow.core.spec import BATCH_DIM, ModelInputs, call, flatten_outputs
+
+if TYPE_CHECKING:   # imported where used: importing this module must not import torch (fast plan checks)
+    import torch
 
 EXAMPLE_ROWS = 4   # rows of the eval batch kept along a dynamic batch dim
 INPUT_PREFIX = "input."   # outputs are keyed by their flattened path, which starts with "output"
@@ -22,6 +23,8 @@ INPUT_PREFIX = "input."   # outputs are keyed by their flattened path, which sta
 
 def example_inputs(artifact: Artifact) -> ModelInputs:
     """The first rows of the example batch (a dynamic batch dim cut to EXAMPLE_ROWS)."""
+    import torch
+
     by_name = {t.name: t for t in artifact.inputs.tensors}
     example = artifact.example.inputs
     names = [name for name, _ in example.named([t.name for t in artifact.inputs.tensors[:len(example.args)]])]
@@ -40,6 +43,8 @@ def write_example(path: Path, artifact: Artifact, module: Any,
                   shapes_seen: list[list[torch.Tensor]]) -> dict[str, Any]:
     """Write the example file; its manifest entry (the inputs and outputs it holds, each with
     shape, dtype and dynamic dims as -1 where they vary)."""
+    import torch
+
     from safetensors.torch import save
 
     from ptflow.stages.export.registry import write_bytes

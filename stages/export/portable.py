@@ -5,15 +5,16 @@ import copy
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ptflow.core.artifact import Form
 from ptflow.core.spec import call, flatten_outputs
 from ptflow.stages.export import onnx_names
 from ptflow.stages.export.registry import (TENSOR_SUBCLASS_RECIPES, ExportJob, export_format, flat_inputs,
                                           write_bytes)
+
+if TYPE_CHECKING:   # imported where used: importing this module must not import torch (fast plan checks)
+    import torch
 
 
 def _load_safetensors(path: Path, job: ExportJob):
@@ -40,6 +41,8 @@ _SUBCLASS_ST = ("safetensors holds plain tensors; torchao's quantized weights ar
                                        "export.formats=[torchscript]"},
                refuses_recipes={r: _SUBCLASS_ST for r in TENSOR_SUBCLASS_RECIPES})
 def write_safetensors(job: ExportJob, path: Path) -> dict[str, Any]:
+    import torch
+
     from safetensors.torch import save
 
     state = job.module.state_dict()
@@ -54,6 +57,8 @@ def write_safetensors(job: ExportJob, path: Path) -> dict[str, Any]:
 
 
 def _load_onnx(path: Path, job: ExportJob):
+    import torch
+
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -85,6 +90,8 @@ for _recipe in ("bf16", "autocast_bf16"):   # autocast's exported graph runs eac
                load_hint="import onnxruntime; s = onnxruntime.InferenceSession({file!r})",
                refuses=_ONNX_REFUSES, refuses_recipes=_ONNX_RECIPES)
 def write_onnx(job: ExportJob, path: Path) -> dict[str, Any]:
+    import torch
+
     onnx_logger = logging.getLogger("torch.onnx")   # "torchvision is not installed. Skipping ..." x4
     level = onnx_logger.level
     onnx_logger.setLevel(logging.ERROR)

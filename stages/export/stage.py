@@ -26,9 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ptflow.core.artifact import Artifact, Form
 from ptflow.core.errors import ConfigError, InputError, Problem, invalid_choice
@@ -162,6 +160,8 @@ class ExportStage:
         """Before the expensive stages: torch.export's trace of the eager model with the declared
         dynamic dims (once, for every format built on it), and each format's own precheck (the
         torchscript trace); InputError with torch's diagnosis in the run's terms."""
+        import torch
+
         prechecks = [fmt for fmt in self.formats if fmt.precheck is not None]
         traced = [fmt.name for fmt in self.formats if fmt.uses_export]
         if artifact.form is not Form.EAGER or not (traced or prechecks):
@@ -191,6 +191,8 @@ class ExportStage:
             self._early = None
 
     def run(self, artifact: Artifact, ctx: RunContext) -> Artifact:
+        import torch
+
         out_dir = resolve_path(self.config.dir) if self.config.dir else ctx.run_dir / "export"
         out_dir.mkdir(parents=True, exist_ok=True)
         manifest_path = out_dir / "manifest.json"
@@ -352,12 +354,16 @@ def _resized(artifact: Artifact, example: ModelInputs, label: str) -> ModelInput
 
 
 def _expected_outputs(module: Any, checks: list[ModelInputs]) -> list[list[torch.Tensor]]:
+    import torch
+
     with torch.inference_mode():
         return [[t for _, t in flatten_outputs(call(module, inputs))] for inputs in checks]
 
 
 def _max_abs_error(runner: Any, checks: list[ModelInputs], expected: list[list[torch.Tensor]], name: str) -> float:
     """Max abs difference, reloaded file vs in-memory module, over every check input."""
+    import torch
+
     worst = 0.0
     with torch.inference_mode():
         for inputs, want in zip(checks, expected):
@@ -389,6 +395,8 @@ def _check_free_space(path: Path, expected_mb: float) -> None:
 
 
 def _package_versions(packages: tuple[str, ...]) -> dict[str, str]:
+    import torch
+
     versions = {}
     for package in packages:
         try:
@@ -422,3 +430,7 @@ def _manifest(artifact: Artifact, ctx: RunContext, entries: list[dict[str, Any]]
 
 # The formats ptflow ships (each module registers its own with @export_format).
 from ptflow.stages.export import portable, torch_formats  # noqa: E402,F401
+
+if TYPE_CHECKING:   # imported where used: importing this module must not import torch (fast plan checks)
+    import torch
+

@@ -7,15 +7,16 @@ import re
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ptflow.core.artifact import Form
 from ptflow.core.errors import InputError
 from ptflow.core.spec import ModelInputs, call
 from ptflow.stages.export.registry import (TENSOR_SUBCLASS_RECIPES, ExportJob, export_format, flat_inputs,
                                           write_bytes)
+
+if TYPE_CHECKING:   # imported where used: importing this module must not import torch (fast plan checks)
+    import torch
 
 _NEEDS_EXPORT = {
     Form.SCRIPTED: "needs torch.export, which cannot trace a TorchScript module: load the model from a "
@@ -26,6 +27,8 @@ _NEEDS_EXPORT = {
 
 
 def _load_pt2(path: Path, job: ExportJob):
+    import torch
+
     module = torch.export.load(path).module()
 
     def run(inputs: ModelInputs) -> Any:
@@ -41,6 +44,8 @@ def _load_pt2(path: Path, job: ExportJob):
                summary="torch.export program (ExportedProgram), dynamic dims kept",
                load_hint="import torch; m = torch.export.load({file!r}).module()")
 def write_pt2(job: ExportJob, path: Path) -> dict[str, Any]:
+    import torch
+
     buffer = io.BytesIO()    # in memory: torch's zip writer aborts the process on a full disk
     torch.export.save(job.program(), buffer)
     write_bytes(path, stable_graph_ids(buffer.getvalue()))
@@ -80,6 +85,8 @@ def stable_graph_ids(archive: bytes) -> bytes:
 
 
 def _load_aoti(path: Path, job: ExportJob):
+    import torch
+
     runner = torch._inductor.aoti_load_package(str(path))
     return lambda inputs: runner(*inputs.args, **inputs.kwargs)
 
@@ -101,6 +108,7 @@ def aoti_package(program: Any, inductor_configs: dict[str, Any] | None = None) -
     names a buffer's) and rewritten with every source ending in one copy of its build commands
     (what a first build ships). The compiled .so and the metadata are copied unchanged.
     """
+    import torch
     from torch.export.pt2_archive._package import PT2ArchiveWriter
 
     built = io.BytesIO()
@@ -155,6 +163,8 @@ def _compile_freezing(job: ExportJob) -> bool:
 
 
 def _load_torchscript(path: Path, job: ExportJob):
+    import torch
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
@@ -172,6 +182,8 @@ _TS_FIX = ("Leave torchscript out of export.formats, or rewrite the step with to
 
 def _trace(module: Any, example: ModelInputs) -> tuple[Any, list[warnings.WarningMessage]]:
     """torch.jit.trace of `module` (a ScriptModule as it is), with the warnings it raised."""
+    import torch
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if isinstance(module, torch.jit.ScriptModule):
@@ -186,6 +198,8 @@ def _trace(module: Any, example: ModelInputs) -> tuple[Any, list[warnings.Warnin
 def _trace_precheck(module: Any, example: ModelInputs) -> None:
     """Right after validate: a trace of the eager model that depends on its input's values stops
     the run before quantize (the written file would hold another model)."""
+    import torch
+
     from ptflow.stages.compile.legacy import trace_refusal
 
     with torch.no_grad():
@@ -204,6 +218,8 @@ def _trace_precheck(module: Any, example: ModelInputs) -> None:
                                        "or pick export.formats=[pt2]"},
                refuses_recipes={r: _SUBCLASS_TS for r in TENSOR_SUBCLASS_RECIPES})
 def write_torchscript(job: ExportJob, path: Path) -> dict[str, Any]:
+    import torch
+
     scripted, caught = _trace(job.module, job.example)
     buffer = io.BytesIO()
     with warnings.catch_warnings(record=True) as saving:

@@ -6,58 +6,26 @@ way in and floating outputs back to float32 on the way out.
 """
 from __future__ import annotations
 
-import inspect
-from typing import Any
-
-import torch
-from torch.utils import _pytree
+from typing import TYPE_CHECKING, Any
 
 from ptflow.core.errors import InputError, first_line
 from ptflow.core.spec import call
 from ptflow.stages.quantize.coverage import changed_modules, weight_modules
 from ptflow.stages.quantize.registry import Quantized, QuantizeJob, quantize_recipe
 
-
-def _cast(value: Any, dtype: torch.dtype) -> Any:
-    return _pytree.tree_map(lambda t: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point()
-                            else t, value)
-
-
-class LowPrecision(torch.nn.Module):
-    """`module` run in `dtype`: its weights cast (autocast=False) or under torch.autocast."""
-
-    def __init__(self, module: torch.nn.Module, dtype: torch.dtype, autocast: bool, device_type: str):
-        super().__init__()
-        self.module = module if autocast else module.to(dtype)
-        self.dtype, self.autocast, self.device_type = dtype, autocast, device_type
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        if self.autocast:
-            with torch.autocast(self.device_type, dtype=self.dtype):
-                output = self.module(*args, **kwargs)
-        else:
-            output = self.module(*_cast(args, self.dtype), **_cast(kwargs, self.dtype))
-        return _cast(output, torch.float32)
-
-
-def _with_signature_of(module: torch.nn.Module) -> type:
-    """A LowPrecision subclass whose forward() shows `module.forward`'s parameters, so
-    torch.export binds inputs (and their dynamic dims) by the model's own argument names."""
-    signature = inspect.signature(module.forward)
-    this = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
-
-    def forward(self: LowPrecision, *args: Any, **kwargs: Any) -> Any:
-        return LowPrecision.forward(self, *args, **kwargs)
-
-    forward.__signature__ = signature.replace(parameters=[this, *signature.parameters.values()])
-    return type(LowPrecision.__name__, (LowPrecision,), {"forward": forward, "__module__": __name__})
+if TYPE_CHECKING:   # imported where used: importing this module must not import torch (fast plan checks)
+    import torch
+    from torch.utils import _pytree
 
 
 def _low_precision(job: QuantizeJob, dtype: torch.dtype, autocast: bool) -> Quantized:
+    import torch
+
+    from ptflow.stages.quantize.low_precision import wrap
     device_type = torch.device(job.artifact.device).type
     changed = [] if autocast else [n for n, m in job.module.named_modules()
                                    if any(p.is_floating_point() for p in m.parameters(recurse=False))]
-    wrapped = _with_signature_of(job.module)(job.module, dtype, autocast, device_type).eval()
+    wrapped = wrap(job.module, dtype, autocast, device_type)
     return Quantized(wrapped, wrapped, changed)
 
 
@@ -69,6 +37,9 @@ def _cast_weights(job: QuantizeJob, result: Quantized) -> set[str]:
 def _low_precision_ops(job: QuantizeJob, result: Quantized) -> set[str]:
     """The weight modules that computed in the autocast dtype on the example batch (autocast
     keeps float32 weights and picks per op: matmuls, convolutions, RNNs yes; lookups no)."""
+    import torch
+    from torch.utils import _pytree
+
     inner, low = result.module.module, result.module.dtype
     seen: set[str] = set()
 
@@ -95,22 +66,30 @@ def _low_precision_ops(job: QuantizeJob, result: Quantized) -> set[str]:
 @quantize_recipe("bf16", summary="weights and activations cast to bfloat16", whole_model=True, modules=(),
                  converted=_cast_weights)
 def bf16(job: QuantizeJob) -> Quantized:
+    import torch
+
     return _low_precision(job, torch.bfloat16, autocast=False)
 
 
 @quantize_recipe("fp16", summary="weights and activations cast to float16", whole_model=True, modules=(),
                  converted=_cast_weights)
 def fp16(job: QuantizeJob) -> Quantized:
+    import torch
+
     return _low_precision(job, torch.float16, autocast=False)
 
 
 @quantize_recipe("autocast_bf16", summary="torch.autocast(bfloat16) around every call; float32 weights",
                  whole_model=True, modules=(), converted=_low_precision_ops)
 def autocast_bf16(job: QuantizeJob) -> Quantized:
+    import torch
+
     return _low_precision(job, torch.bfloat16, autocast=True)
 
 
 @quantize_recipe("autocast_fp16", summary="torch.autocast(float16) around every call; float32 weights",
                  whole_model=True, modules=(), converted=_low_precision_ops)
 def autocast_fp16(job: QuantizeJob) -> Quantized:
+    import torch
+
     return _low_precision(job, torch.float16, autocast=True)

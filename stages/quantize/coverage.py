@@ -9,19 +9,25 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ptflow.core.errors import InputError
 from ptflow.core.spec import ModelInputs, call
 from ptflow.stages.quantize.registry import Recipe, Selection, handled_by
 
+if TYPE_CHECKING:   # imported where used: importing this module must not import torch (fast plan checks)
+    import torch
+
 MOSTLY_FLOAT = 0.5   # warn when a recipe converts less than this share of the weights
-# modules whose weights take part in matmuls/convolutions: each must show FLOPs of its own
-# (an Embedding's lookup or a positional parameter's add rightly counts 0)
-_MULTIPLIES = (torch.nn.Linear, torch.nn.Bilinear, torch.nn.modules.conv._ConvNd, torch.nn.RNNBase,
-               torch.nn.RNNCellBase, torch.nn.MultiheadAttention)
+
+
+def _multiplies() -> tuple[type, ...]:
+    """Modules whose weights take part in matmuls/convolutions: each must show FLOPs of its own
+    (an Embedding's lookup or a positional parameter's add rightly counts 0)."""
+    import torch
+
+    return (torch.nn.Linear, torch.nn.Bilinear, torch.nn.modules.conv._ConvNd, torch.nn.RNNBase,
+            torch.nn.RNNCellBase, torch.nn.MultiheadAttention)
 
 
 def weight_modules(model: torch.nn.Module) -> dict[str, tuple[type, int]]:
@@ -55,6 +61,8 @@ def changed_modules(before: torch.nn.Module, after: torch.nn.Module) -> set[str]
 
 
 def _converted(old: torch.Tensor, new: Any) -> bool:
+    import torch
+
     if not isinstance(new, torch.Tensor) or type(new) not in (torch.Tensor, torch.nn.Parameter):
         return True
     if new.dtype != old.dtype or new.shape != old.shape or new.device != old.device:
@@ -68,6 +76,7 @@ def flop_shares(model: torch.nn.Module, inputs: ModelInputs,
     model; None when that cannot be trusted: the call fails under the counter, or a module
     that multiplies by its weights shows no arithmetic of its own (an LSTM on CPU runs in one
     fused op the counter does not see; MultiheadAttention computes its out_proj without calling it)."""
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
@@ -94,7 +103,7 @@ def flop_shares(model: torch.nn.Module, inputs: ModelInputs,
     shares = {}
     for name, (kind, _) in census.items():
         own = counts.get(key(name), 0) - sum(subtree(child) for child in children(name))
-        if own <= 0 and issubclass(kind, _MULTIPLIES):
+        if own <= 0 and issubclass(kind, _multiplies()):
             return None
         shares[name] = max(own, 0) / total
     return shares

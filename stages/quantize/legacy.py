@@ -4,18 +4,23 @@ and for consumers of TorchScript; its packed-params model cannot go through torc
 (Form.PACKED: the plan refuses .pt2/AOTI/ONNX exports of it)."""
 from __future__ import annotations
 
-import warnings
+from typing import TYPE_CHECKING
 
-import torch
+import warnings
 
 from ptflow.core.artifact import Form
 from ptflow.stages.quantize.registry import Quantized, QuantizeJob, quantize_recipe
+
+if TYPE_CHECKING:   # imported where used: importing this module must not import torch (fast plan checks)
+    import torch
 
 
 @quantize_recipe("legacy_dynamic", summary="LEGACY torch.ao.quantization.quantize_dynamic, qint8 Linear/LSTM/GRU",
                  form=Form.PACKED, modules=("Linear", "LSTM", "GRU"),
                  converts=("Linear", "LSTM", "GRU", "LSTMCell", "GRUCell", "RNNCell"))
 def legacy_dynamic(job: QuantizeJob) -> Quantized:
+    import torch
+
     chosen = job.selection.names(job.module)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ptflow.core.errors import InputError
 from ptflow.core.spec import call, export_example, select_output
@@ -19,6 +17,9 @@ from ptflow.core.stage import Environment
 from ptflow.inputs.calibration import cycle
 from ptflow.stages.quantize.registry import Needs, Quantized, QuantizeJob, quantize_recipe, run_calibration
 from ptflow.stages.quantize.torchao import import_torchao
+
+if TYPE_CHECKING:   # imported where used: importing this module must not import torch (fast plan checks)
+    import torch
 
 OBSERVERS = ("histogram", "minmax", "moving_average")
 
@@ -51,6 +52,8 @@ def _quantizer(job: QuantizeJob, is_qat: bool) -> tuple[Any, list[str]]:
 
 
 def _export(job: QuantizeJob) -> Any:
+    import torch
+
     example, shapes = export_example(job.artifact.inputs, job.artifact.example.inputs)
     return torch.export.export(job.module, example.args, dict(example.kwargs), dynamic_shapes=shapes).module()
 
@@ -70,6 +73,8 @@ def _shared_module_advice(job: QuantizeJob, error: ValueError) -> str:
     """X86InductorQuantizer matches patterns (conv-bn-relu, conv + add + relu) by module over
     the whole graph before quantize.modules/include narrow anything; a module called more than
     once (ResNet's one `self.relu` per block) makes its match span two outputs and it raises."""
+    import torch
+
     calls: dict[str, int] = {}
     leaves = [(n, m) for n, m in job.module.named_modules() if n and not any(m.children())]
     hooks = [m.register_forward_pre_hook(lambda *_, n=n: calls.__setitem__(n, calls.get(n, 0) + 1)) for n, m in leaves]
@@ -94,6 +99,8 @@ def _shared_module_advice(job: QuantizeJob, error: ValueError) -> str:
 def _graph_converted(job: QuantizeJob, result: Quantized) -> set[str]:
     """The modules whose ops read a dequantized constant (their int8 weight) in the converted
     graph, named by the nn_module_stack torch.export records on each node."""
+    import torch
+
     found = set()
     for node in result.module.graph.nodes:
         inputs: list[torch.fx.Node] = []
@@ -105,6 +112,8 @@ def _graph_converted(job: QuantizeJob, result: Quantized) -> set[str]:
 
 
 def _dequantized_constant(node: torch.fx.Node) -> bool:
+    import torch
+
     source = node.args[0] if node.op == "call_function" and node.args else None
     return "dequantize" in str(node.target) and isinstance(source, torch.fx.Node) and source.op == "get_attr"
 
@@ -127,6 +136,8 @@ def int8_static(job: QuantizeJob) -> Quantized:
                  needs=Needs.TRAINING, modules=("Linear", "Conv2d"), advice=_wants_inductor,
                  converted=_graph_converted)
 def int8_qat(job: QuantizeJob) -> Quantized:
+    import torch
+
     import time
 
     import_torchao()
@@ -174,6 +185,8 @@ def _drop_unused(converted: torch.fx.GraphModule) -> torch.fx.GraphModule:
 def _loss(output: torch.Tensor, batch: Any, teacher: Any, key: str | None) -> torch.Tensor:
     """Cross-entropy on integer class ids when the batch has them; otherwise match the
     float model's outputs (distillation by mean squared error)."""
+    import torch
+
     target = batch.target
     if isinstance(target, torch.Tensor) and not target.is_floating_point() and output.dim() == 2 \
             and target.shape == output.shape[:1]:

@@ -14,14 +14,15 @@ import fnmatch
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ptflow.core.artifact import Artifact, Form
 from ptflow.core.errors import ConfigError, InputError, Problem, invalid_choice
 from ptflow.core.stage import Environment, RunContext
 from ptflow.inputs.calibration import CalibrationData
+
+if TYPE_CHECKING:   # imported where used: importing this module must not import torch (fast plan checks)
+    import torch
 
 
 class Needs(str, enum.Enum):
@@ -213,6 +214,8 @@ _TYPE_NAMES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose2d", "LSTM"
 
 def module_type(name: str) -> type:
     """'Linear' -> torch.nn.Linear; a dotted path -> that class."""
+    import torch
+
     if "." not in name:
         if name not in _TYPE_NAMES:
             raise invalid_choice("modules", name, _TYPE_NAMES)
@@ -263,6 +266,8 @@ def _listing(names: list[str], shown: int = 12) -> str:
 def run_calibration(model: Any, data: CalibrationData, ctx: RunContext) -> None:
     """Run every calibration batch through `model` (observers record ranges); timed into
     `data.seconds`."""
+    import torch
+
     from ptflow.core.spec import call
 
     started = time.perf_counter()

@@ -19,7 +19,8 @@ from ptflow.core.stage import RunContext
 from ptflow.decide.accuracy import AccuracyConfig
 from ptflow.runs.summary import one_line, render
 from ptflow.stages.benchmark.stage import BenchmarkConfig, BenchmarkStage, BenchmarkStageConfig
-from ptflow.stages.benchmark.timing import CudaFeed, Mode, resized
+from ptflow.stages.benchmark.cuda_timing import CudaFeed
+from ptflow.stages.benchmark.timing import Mode, resized
 from tests.conftest import compose, make_context
 
 TINY = ("model.weights=null", "model.builder.hidden=32", "model.builder.depth=2", "data.max_batches=1",
