@@ -148,8 +148,9 @@ RUN_TIME_ONLY = ("mlflow", "torchao", "torch._dynamo", "onnx", "onnxruntime", "o
 
 
 def test_checking_a_config_imports_none_of_what_only_a_run_needs(tmp_path):
-    """A rejected config and a dry run import torch (the stage modules do), not the libraries
-    of the run itself; importing the run's own modules does not import them either."""
+    """A rejected config and a dry run do not import the libraries of the run itself (a dry run
+    imports torch: it imports the builders it checks); importing the run's own modules does not
+    import them either."""
     code = textwrap.dedent(f"""
         import json, sys
         from ptflow.app.cli import run
@@ -166,6 +167,27 @@ def test_checking_a_config_imports_none_of_what_only_a_run_needs(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen == {"rejected": [2, []], "dry run": [0, []], "the run's modules": [0, []]}, done.stderr[-2000:]
+
+
+def test_a_rejected_command_line_is_answered_without_torch(tmp_path):
+    """Every stage module imports torch where it uses it, and a command line Hydra refuses
+    checks the `_target_` builders from their source: the answer comes before torch loads.
+    A typo in a builder's name is still in the same answer."""
+    code = textwrap.dedent("""
+        import json, sys
+        from importlib.metadata import entry_points
+        for entry in entry_points(group="ptflow.stages"):
+            entry.load()
+        import ptflow.stages.quantize, ptflow.stages.compile, ptflow.stages.export
+        after_stages = "torch" in sys.modules
+        from ptflow.app.cli import run
+        code = run(["quantize=int8_dynamik", "model.builder._target_=ptflow.zoo.digits.DigitsMLPP"])
+        print(json.dumps([after_stages, code, "torch" in sys.modules]))
+        """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [False, 2, False], done.stderr[-2000:]
+    assert "did you mean 'int8_dynamic'" in done.stderr
+    assert "module 'ptflow.zoo.digits' has no 'DigitsMLPP'; did you mean 'DigitsMLP'?" in done.stderr
 
 
 def test_the_command_line_modules_stay_small():

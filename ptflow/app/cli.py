@@ -198,6 +198,7 @@ def _run(argv: Sequence[str]) -> int:
     if quiet not in os.environ.get("PYTHONWARNINGS", ""):
         os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), quiet]))
     try:
+        launch.LAUNCH.rerun = bool(args.experimental_rerun)
         _launch([*hydra_argv, *([] if args.experimental_rerun else [CALLBACK])])
     except preflight.Rejected as rejected:
         return _rejected(rejected.error)

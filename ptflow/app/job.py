@@ -21,12 +21,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from ptflow.app import launch
 from ptflow.app.args import CONFIG_DIR
 from ptflow.app.console import library_noise_to_log_file
 from ptflow.app.settings import RunSettings, compile_plan
 from ptflow.core import engine, lifecycle
 from ptflow.core.errors import ConfigError, PtflowError, first_line
-from ptflow.core.files import describe_disk_full, room_problem, write_atomic
+from ptflow.core.files import claim_dir, describe_disk_full, room_problem, write_atomic
 from ptflow.core.stage import Rebuild, RunContext
 from ptflow.core.stage_cache import StageCache
 from ptflow.core.targets import resolve_path
@@ -217,6 +218,8 @@ def hydra_task(cfg: Any) -> float | None:
     hydra_cfg = HydraConfig.get()
     _console_verbosity(hydra_cfg.verbose)
     library_noise_to_log_file()
+    if launch.LAUNCH.rerun:   # Hydra would run it in the original's dir, over its record
+        _rerun_in_own_dir(hydra_cfg)
     job = dataclasses.replace(JobInfo.from_hydra(hydra_cfg), launch=launch_args(hydra_cfg))
     config = OmegaConf.to_container(cfg, resolve=True)
     log.debug("job config composed; run dir %s", hydra_cfg.runtime.output_dir)
@@ -226,6 +229,26 @@ def hydra_task(cfg: Any) -> float | None:
                overrides=list(job.overrides),
                run_dir=Path(hydra_cfg.runtime.output_dir),
                job=job).objective
+
+
+def _rerun_in_own_dir(hydra_cfg: Any) -> None:
+    """Point the rerun of a pickled job (``--experimental-rerun``) at a run dir of its own: under
+    ptflow's layout (``<outputs>/runs/<date>/<time>``) today's date and the time now; elsewhere the
+    original's name with a number (``<dir>-1``). The original run and its record stay as they were."""
+    import re
+
+    from omegaconf import read_write
+
+    original = Path(hydra_cfg.runtime.output_dir)
+    wanted = original
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", original.parent.name) and re.fullmatch(r"\d{2}-\d{2}-\d{2}", original.name):
+        now = time.localtime()
+        wanted = original.parent.parent / time.strftime("%Y-%m-%d", now) / time.strftime("%H-%M-%S", now)
+    own = claim_dir(wanted, taken_if=(RESULT_FILE,))
+    with read_write(hydra_cfg):
+        hydra_cfg.runtime.output_dir = str(own.resolve())
+        hydra_cfg.run.dir = str(own)
+    log.info("rerun of %s in %s", original, own)
 
 
 def launch_args(hydra_cfg: Any) -> tuple[str, ...]:

@@ -17,6 +17,7 @@ class Launch:
     expected: int | None = None       # jobs in the sweep; None when the sweeper decides as it goes
     stores: list[tuple[str, str]] = field(default_factory=list)   # (tracking URI, experiment id)
     checked: frozenset[tuple[str, ...]] = frozenset()   # jobs composed and planned here (basic sweeper)
+    rerun: bool = False               # Hydra's --experimental-rerun: the job gets a run dir of its own
 
 
 LAUNCH = Launch()

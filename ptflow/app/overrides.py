@@ -36,6 +36,9 @@ class Source:
         return (self.primary, *self.extra)
 
 
+PTFLOW_SEARCHPATH = "pkg://ptflow.conf"   # where ptflow's own config and groups are found
+
+
 def source_of(args: Any) -> Source:
     """The config source a parsed `ptflow` command line names (-cp, -cn, -cd, hydra.searchpath)."""
     from ptflow.app.args import CONFIG_DIR
@@ -127,13 +130,37 @@ def explain(overrides: Sequence[str], source: Source, multirun: bool, refusal: B
         if rest != group_items:   # (the same overrides compose the same config: once is enough)
             composed = _compose(source, rest)
         config, choices = job_config(composed, " ".join(rest))
-        compile_plan(config, choices)
+        problems += deleted_stages(rest, config)
+        compile_plan(config, choices, import_targets=False)   # the refusal comes first, and fast
     except ConfigError as error:
         problems += error.problems
     if not problems:
         problems.append(Problem("command line", " ".join(overrides) or "(no overrides)",
                                 "a config Hydra can compose", " ".join(str(refusal).split())))
     return ConfigError(problems)
+
+
+def deleted_stages(overrides: Sequence[str], config: Mapping[str, Any]) -> list[Problem]:
+    """`~quantize` removes the quantize node, not the stage: a stage left in the pipeline would
+    run on its built-in defaults. Refuse, naming the pipeline to write instead."""
+    from ptflow.core.stage import load_stages
+
+    pipeline = [str(name) for name in config.get("pipeline") or ()]
+    registry = load_stages()
+    problems = []
+    for override in overrides:
+        key = override.split("=", 1)[0]
+        if not key.startswith("~") or "." in key:
+            continue
+        node = key[1:].split("/")[-1]
+        stages = [name for name in pipeline if name in registry and node in registry[name].config_keys]
+        if stages:
+            kept = [name for name in pipeline if name not in stages]
+            problems.append(Problem(key, override, f"a node no stage of the pipeline reads (stage {stages[0]!r} "
+                                    f"reads {node!r}, and would run on built-in defaults without it)",
+                                    f"to run without {stages[0]}, drop it from the pipeline instead: "
+                                    f"'pipeline=[{','.join(kept)}]'"))
+    return problems
 
 
 def _values(override: Any) -> list[str]:
@@ -216,6 +243,8 @@ def _compose(source: Source, overrides: Sequence[str]) -> Any:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from ptflow.app.args import CONFIG_DIR
+
     extra = [f"hydra.searchpath=[{','.join('file://' + str(d) for d in source.extra)}]"] if source.extra else []
     GlobalHydra.instance().clear()
     try:
@@ -223,8 +252,12 @@ def _compose(source: Source, overrides: Sequence[str]) -> Any:
             cfg = compose(source.name, overrides=[*overrides, *extra], return_hydra_config=True)
     except Exception as error:  # Hydra raises several types; all mean "this config does not compose"
         # keep every line: a YAML error names its file, line and column on the second one
-        raise ConfigError.single("overrides", " ".join(overrides), "a config that composes",
-                                 " ".join(str(error).split())) from None
+        text = " ".join(str(error).split())
+        if "Could not " in text and PTFLOW_SEARCHPATH not in text and source.primary != CONFIG_DIR:
+            text += (f" (a primary config of your own that builds on ptflow's config or its groups needs "
+                     f"`hydra: {{searchpath: [{PTFLOW_SEARCHPATH}]}}` in it: see Hydra and MLflow, "
+                     "'Your own primary config')")
+        raise ConfigError.single("overrides", " ".join(overrides), "a config that composes", text) from None
     finally:
         GlobalHydra.instance().clear()
     return cfg

@@ -29,7 +29,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from ptflow.app import launch, sweep
-from ptflow.app.overrides import job_config
+from ptflow.app.overrides import deleted_stages, job_config
 from ptflow.app.settings import compile_plan
 from ptflow.core.errors import ConfigError, Problem, did_you_mean, first_line
 from ptflow.core.plan import Plan
@@ -82,7 +82,14 @@ def _guarded(check: Any, config: Any) -> None:
 
 def plan_job(cfg: Any, overrides: tuple[str, ...]) -> Job:
     config, choices = job_config(cfg, " ".join(overrides) or "(defaults)")
-    return Job(overrides, config, compile_plan(config, choices))
+    deleted = deleted_stages(overrides, config)
+    try:
+        plan = compile_plan(config, choices)
+    except ConfigError as error:
+        raise ConfigError(deleted + list(error.problems)) from None
+    if deleted:
+        raise ConfigError(deleted)
+    return Job(overrides, config, plan)
 
 
 def _check_run(config: Any) -> None:

@@ -157,6 +157,23 @@ def test_config_name_and_config_path_choose_the_primary_config(inproc, tmp_path)
     assert code == 2 and "--config-name" in err and "did you mean 'config'?" in err
 
 
+def test_the_documented_own_primary_config_inherits_ptflows_defaults(inproc, tmp_path):
+    """docs/hydra-mlflow.md's example, as written there: `config` first, pkg://ptflow.conf."""
+    import re
+
+    from tests.conftest import ROOT
+
+    page = (ROOT / "docs" / "hydra-mlflow.md").read_text()
+    (example,) = re.findall(r"```yaml\n(# my_conf/tuned.yaml\n.*?)```", page, re.S)
+    _write(tmp_path / "my_conf" / "tuned.yaml", example)
+    code, out, err = inproc("-cp", "my_conf", "-cn", "tuned", "compile=inductor", "dry_run=true")
+    assert code == 0, err
+    assert "quantize=int8_static" in out and "compile=inductor" in out and "iters=200" in out
+    _write(tmp_path / "my_conf" / "bare.yaml", example.replace("pkg://ptflow.conf", "pkg://nowhere.conf"))
+    code, out, err = inproc("-cp", "my_conf", "-cn", "bare", "dry_run=true")
+    assert code == 2 and "Could not load 'config'" in err and "searchpath: [pkg://ptflow.conf]" in err
+
+
 def test_searchpath_adds_options_the_preflight_knows(inproc, tmp_path):
     _write(tmp_path / "more" / "quantize" / "none_but_skip_head.yaml", """\
         # ptflow quantize=none_but_skip_head — a user's own recipe file on the search path
@@ -200,6 +217,17 @@ def test_help_lists_groups_of_every_config_dir_and_what_overrides_pick(inproc, t
     assert "pipeline: load → validate → quantize → compile → benchmark" in out
 
 
+def test_deleting_a_stage_group_refuses_and_names_the_pipeline_to_write(inproc):
+    """`~quantize` removes the node, not the stage: ptflow says which pipeline to write."""
+    code, out, err = inproc("~quantize", "~export", "benchmark.iterz=1", "dry_run=true")
+    assert code == 2, err
+    assert "3 config problem(s)" in err and "benchmark.iterz" in err
+    assert "~quantize: found '~quantize'" in err and "'pipeline=[load,validate,compile,benchmark,export]'" in err
+    assert "~export: found '~export'" in err and "'pipeline=[load,validate,quantize,compile,benchmark]'" in err
+    code, out, err = inproc("~export", "pipeline=[load,validate,quantize,benchmark]", "dry_run=true")
+    assert code == 0, err                      # no stage reads it: deleting the node is fine
+
+
 def test_help_names_every_installed_command(inproc):
     import tomllib
 
@@ -234,10 +262,16 @@ def test_experimental_rerun_repeats_a_logged_run(tmp_path):
     first = run_cli(tmp_path, pickle_cb, "experiment=latency_only", "benchmark=quick", "quantize=none", "seed=5")
     assert first.code == 0, first.stderr
     (pickled,) = tmp_path.glob("outputs/runs/*/*/.hydra/config.pickle")
+    record = (pickled.parent.parent / "ptflow_result.json").read_text()
     again = run_cli(tmp_path, "--experimental-rerun", str(pickled))
     assert again.code == 0, again.stderr
     runs = mlflow_runs(first)
     assert len(runs) == 2 and {r.data.params["seed"] for r in runs} == {"5"}
+    # a run dir of its own, like every run: the original's record is the original's
+    assert (pickled.parent.parent / "ptflow_result.json").read_text() == record
+    records = sorted(tmp_path.glob("outputs/runs/*/*/ptflow_result.json"))
+    assert len(records) == 2 and len({r.parent for r in records}) == 2
+    assert len({r.data.tags["ptflow.run_dir"] for r in runs}) == 2
 
 
 def test_optuna_searches_within_the_accuracy_gate(tmp_path):
