@@ -180,3 +180,27 @@ def _save(figure, path: Path) -> Path:
     figure.clear()
     write_atomic(path, buffer.getvalue())
     return path
+
+
+def draw(request: Mapping[str, Any]) -> list[Path]:
+    """The pictures `request` names: ``{"histogram": {"samples_ms": ..., "path": ...},
+    "latency_vs_batch": {"rows": [...], "path": ...}}`` (either may be absent)."""
+    drawn = []
+    if "histogram" in request:
+        drawn.append(latency_histogram(request["histogram"]["samples_ms"], Path(request["histogram"]["path"])))
+    if "latency_vs_batch" in request:
+        drawn.append(latency_vs_batch(request["latency_vs_batch"]["rows"], Path(request["latency_vs_batch"]["path"])))
+    return drawn
+
+
+def main() -> None:
+    """``python -m ptflow.measure.plots REQUEST.json`` draws the pictures the request names
+    (``draw``): the benchmark stage draws in a process of its own while the run goes on."""
+    import json
+    import sys
+
+    draw(json.loads(Path(sys.argv[1]).read_text(encoding="utf-8")))
+
+
+if __name__ == "__main__":
+    main()

@@ -70,16 +70,20 @@ def _roofline(cfg: profiling.ProfileConfig, artifact: Artifact, fns: dict[str, A
 
 
 def pictures(cfg: profiling.ProfileConfig, sizes: list[dict[str, Any]], rows: list[dict[str, Any]],
-             roles: int, ctx: RunContext) -> dict[str, Path]:
-    """Raw samples as CSV (always); the histogram and, for several batch sizes, latency vs batch."""
+             roles: int, ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Raw samples as CSV (always, written now); and the request for the pictures (drawn apart:
+    ``drawing``): the histogram and, for several batch sizes, latency vs batch. Returns the files
+    (the pictures' paths among them) and the request."""
     files = {"benchmark.samples_csv": plots.samples_csv(sizes, ctx.path("benchmark", "latency_samples.csv"))}
+    request: dict[str, Any] = {}
     if cfg.plots:
-        files["benchmark.histogram"] = plots.latency_histogram(sizes[0]["samples_ms"],
-                                                               ctx.path("benchmark", "latency_histogram.png"))
+        request["histogram"] = {"samples_ms": sizes[0]["samples_ms"],
+                                "path": str(ctx.path("benchmark", "latency_histogram.png"))}
+        files["benchmark.histogram"] = Path(request["histogram"]["path"])
         if len(rows) > roles:   # more than one batch size
-            files["benchmark.latency_vs_batch"] = plots.latency_vs_batch(
-                rows, ctx.path("benchmark", "latency_vs_batch.png"))
-    return files
+            request["latency_vs_batch"] = {"rows": rows, "path": str(ctx.path("benchmark", "latency_vs_batch.png"))}
+            files["benchmark.latency_vs_batch"] = Path(request["latency_vs_batch"]["path"])
+    return files, request
 
 
 def fidelity_pass(artifact: Artifact, ctx: RunContext) -> dict[str, float]:

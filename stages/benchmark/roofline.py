@@ -3,11 +3,10 @@ reached at, and its share of the device's peak (a table of known GPUs, or benchm
 Plain functions and data; the benchmark stage calls them after timing."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:   # imported where used: importing this module must not import torch (fast plan checks)
     import torch

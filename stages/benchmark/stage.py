@@ -8,8 +8,6 @@ timing.py beside it; this file holds the config, the plan-time checks and the ve
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import json
 import os
 import statistics
@@ -18,16 +16,18 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ptflow.core.artifact import RUNNABLE, Artifact, Form
 from ptflow.core.errors import ConfigError, InputError, Problem, first_line
 from ptflow.core.files import write_atomic
-from ptflow.core.stage import Environment, Note, RunContext, register_stage
+from ptflow.core.stage import Environment, Note, RunContext, ignore_warning, register_stage
 from ptflow.decide import fidelity
 from ptflow.decide.accuracy import AccuracyConfig, describe, judge
 from ptflow.measure import device_info, device_lock
 from ptflow.measure.stats import Ratio, Stability, classify
 from ptflow.stages.benchmark import repeats
+from ptflow.stages.benchmark.drawing import Drawing
 from ptflow.stages.benchmark.passes import fidelity_pass, pictures, untimed
 from ptflow.stages.benchmark.profile import ProfileConfig
 from ptflow.stages.benchmark.timing import (ROLES, Mode, SizeResult, dispersions, measure_size, protocol_for,
@@ -126,6 +126,8 @@ class BenchmarkStage:
     def __init__(self, config: BenchmarkStageConfig):
         self.config = config.benchmark
         self.accuracy = config.accuracy
+        self._drawing: Drawing | None = None   # the pictures being drawn (see stop)
+        self._warn = ignore_warning
 
     def consumes(self) -> frozenset[Form]:
         return RUNNABLE
@@ -368,8 +370,20 @@ class BenchmarkStage:
                 ratio = combined[row["batch_size"]]
                 row.update(speedup_p50=ratio.value, speedup_ci_low=ratio.low, speedup_ci_high=ratio.high)
         write_atomic(sizes, json.dumps(rows, indent=1))
-        drawn = pictures(self.config, [r.samples_record() for r in results], rows, len(results[0].stats), ctx)
+        drawn, request = pictures(self.config, [r.samples_record() for r in results], rows, len(results[0].stats), ctx)
+        if request:   # drawn by a process of its own while the run goes on; waited for in stop()
+            self._drawing, self._warn = Drawing(request), ctx.warn
         return {"latency_samples": samples, "batch_sizes": sizes, **drawn}
+
+    def stop(self) -> None:
+        """Called when the run stops: wait for the pictures (a warning when they failed)."""
+        drawing, self._drawing = self._drawing, None
+        if drawing is None:
+            return
+        error = drawing.finish()
+        if error is not None:
+            self._warn("benchmark.plots", f"the latency pictures ({', '.join(p.name for p in drawing.paths)}) "
+                       f"were not drawn: {error}")
 
     def _judge(self, artifact: Artifact, metrics: dict[str, float], ctx: RunContext) -> Artifact:
         """The accuracy gate: tag accepted=true|false; with accuracy.enforce, reject the run."""

@@ -4,9 +4,8 @@ and for consumers of TorchScript; its packed-params model cannot go through torc
 (Form.PACKED: the plan refuses .pt2/AOTI/ONNX exports of it)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import warnings
+from typing import TYPE_CHECKING
 
 from ptflow.core.artifact import Form
 from ptflow.stages.quantize.registry import Quantized, QuantizeJob, quantize_recipe
