@@ -159,10 +159,11 @@ def speedup_ci(row: Row) -> str:
 
 
 def rank(rows: Sequence[Row]) -> list[tuple[int | None, Row]]:
-    """(rank from 1, row) for ranked rows — stable by speedup, then unstable by speedup — then
-    (None, row) for the rest: invalid, no benchmark, FAILED, KILLED, each by start time."""
-    ranked = sorted((r for r in rows if r.unranked_reason is None),
-                    key=lambda r: (r.stability == "unstable", -r.speedup, r.name))
+    """(rank from 1, row) for ranked rows, by speedup p50 (a rank says "measured faster than the
+    next"; an unstable one is marked, never tied with a stable one, and picked only when no
+    stable run qualifies) — then (None, row) for the rest: invalid, no benchmark, FAILED,
+    KILLED, each by start time."""
+    ranked = sorted((r for r in rows if r.unranked_reason is None), key=lambda r: (-r.speedup, r.name))
     rest = sorted((r for r in rows if r.unranked_reason is not None),
                   key=lambda r: (STATUS_ORDER.get(r.state, 4), r.start_time, r.name))
     return [(i + 1, r) for i, r in enumerate(ranked)] + [(None, r) for r in rest]
@@ -200,9 +201,12 @@ class Budget:
         return None if limit is None else -limit
 
     def qualifies(self, row: Row) -> bool:
+        return row.unranked_reason is None and self.within(row)
+
+    def within(self, row: Row) -> bool:
+        """Its accuracy drop is within the budget (whether or not its timings count)."""
         limit = self.limit(row)
-        return (row.unranked_reason is None and row.drop is not None and limit is not None
-                and row.drop <= limit + DROP_SLACK * max(1.0, abs(limit)))
+        return row.drop is not None and limit is not None and row.drop <= limit + DROP_SLACK * max(1.0, abs(limit))
 
 
 class Pick(NamedTuple):
@@ -223,7 +227,9 @@ def pick(rows: Sequence[Row], budget: Budget, strict: bool = False) -> Pick:
     there is) with a warning to measure again."""
     ranked = [row for number, row in rank(rows) if number is not None]
     qualifying = [row for row in ranked if budget.qualifies(row)]
-    contenders = ties.contenders(qualifying, strict) if qualifying else []
+    # a stable run is picked over any unstable one; the unstable ones only when none is stable
+    pool = [row for row in qualifying if row.stability != "unstable"] or qualifying
+    contenders = ties.contenders(pool, strict) if pool else []
     best = ties.choose(contenders) if contenders else None   # contenders[0] with strict
     shown = budget.text or f"{budget.value:g}"
     if best is not None:
@@ -236,6 +242,13 @@ def pick(rows: Sequence[Row], budget: Budget, strict: bool = False) -> Pick:
             warning = (f"note: {', '.join(f'{r.name} ({r.speedup:.2f}x)' for r in faster)} measured faster within "
                        "the budget but unstable, so not picked; measure again (benchmark=rigorous, a quieter "
                        "machine) before ruling them out")
+        invalid = [row for row in rows if row.status == "FINISHED" and row.stability == "invalid"
+                   and row.speedup is not None and row.speedup > (best.speedup or 0) and budget.within(row)]
+        if invalid:
+            warning = "\n".join(filter(None, [warning, (
+                f"note: {', '.join(f'{r.name} ({r.speedup:.2f}x)' for r in invalid)} printed a higher speedup within "
+                "the budget, but its timings were invalid (not a measurement: the machine was too busy), so it is "
+                "neither ranked nor picked; measure it again on a quieter machine before ruling it out")]))
         return Pick(best, f"best within a drop of {shown} (≤ {limit:.6g} {best.metric or ''}): {best.name}", warning,
                     ties.why(best, contenders, strict))
     return Pick(None, _why_none(rows, ranked, budget, shown))
@@ -264,7 +277,8 @@ CSV_FIELDS = ("rank", "recipe", "run_id", "status", "stability", "speedup_p50", 
               "p50_ms", "p99_ms", "p99_supported", "metric", "metric_delta", "accuracy_drop", "baseline_metric",
               "accepted", "size_mb", "compile_s", "pareto", "unranked_reason", "run_dir", "model_uris", "tied_with",
               "repeats", "host", "ci_scope", "marks")
-FOOTNOTES = ("~ unstable measurement: ranked after every stable one", "* p99 from too few samples to support it")
+FOOTNOTES = ("~ unstable measurement: ranked by its speedup, never tied with a stable one, picked only if no "
+             "stable run qualifies", "* p99 from too few samples to support it")
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -341,6 +355,17 @@ def frontier_of(rows: Sequence[Row]) -> list[int]:
     return frontier([(r.p50_ms, r.delta) if r.unranked_reason is None else None for r in rows])
 
 
+def nothing_ranked(rows: Sequence[Row]) -> str:
+    """Why no run can be drawn or ranked, counted by reason ('8 run(s): invalid measurement')."""
+    if not rows:
+        return "no runs in this comparison"
+    reasons = Counter((row.unranked_reason or "").split(":")[0] for row in rows)
+    text = "; ".join(f"{count} run(s): {reason}" for reason, count in reasons.most_common())
+    if reasons.get("invalid measurement"):
+        text += "\n(timings too dispersed to be a measurement: measure again on a quieter machine)"
+    return "nothing ranked: " + text
+
+
 def write_reports(rows: Sequence[Row], out_dir: Path, budget: Budget | None = None, strict: bool = False) -> list[Path]:
     """compare.csv (full precision, full run ids), compare.md and pareto.png in `out_dir`;
     `strict`: ties left out, as ``--strict`` prints the table."""
@@ -351,7 +376,8 @@ def write_reports(rows: Sequence[Row], out_dir: Path, budget: Budget | None = No
     write_atomic(out_dir / "compare.csv", _csv(rows, strict))
     write_atomic(out_dir / "compare.md", _markdown(rows, strict))
     drawn = [row for row in rows if row.unranked_reason is None]
-    plot(drawn, out_dir / "pareto.png", min_delta=budget.min_delta(drawn) if budget else None)
+    plot(drawn, out_dir / "pareto.png", min_delta=budget.min_delta(drawn) if budget else None,
+         empty=None if drawn else nothing_ranked(rows))
     return [out_dir / "compare.csv", out_dir / "compare.md", out_dir / "pareto.png"]
 
 

@@ -40,14 +40,16 @@ def frontier(points: Sequence[tuple[float | None, float | None] | None]) -> list
     return kept
 
 
-def plot(rows: Sequence[Any], path: Path, min_delta: float | None = None, title: str | None = None) -> Path:
+def plot(rows: Sequence[Any], path: Path, min_delta: float | None = None, title: str | None = None,
+         empty: str | None = None) -> Path:
     """Scatter of each row's candidate p50 latency (x) against its metric delta (y).
 
     Rows are ``ptflow.decide.compare.Row`` (attributes name, p50_ms, delta, accepted, stability).
     Accepted recipes are filled, the others hollow; the Pareto front is red and joined by a
     staircase; `min_delta` (the budget as a delta: -max drop) is a horizontal line. Rows
     without both numbers are counted in the title, not drawn; with none at all the picture
-    says so, so a sweep whose jobs all failed still gets its file."""
+    says so (`empty`: why there is nothing to draw, e.g. every run's timings were invalid), so a
+    sweep whose jobs all failed still gets its file."""
     from ptflow.measure.plots import _figure, _save
 
     drawn = [row for row in rows if _usable(row.p50_ms) and _usable(row.delta)]
@@ -59,8 +61,8 @@ def plot(rows: Sequence[Any], path: Path, min_delta: float | None = None, title:
         heading += f"\n{left_out} run(s) without a latency and a metric delta not drawn"
     axes.set_title(heading, fontsize="medium")
     if not drawn:
-        axes.text(0.5, 0.5, "no finished runs with a latency and a metric delta", ha="center", va="center",
-                  transform=axes.transAxes)
+        axes.text(0.5, 0.5, empty or "no finished runs with a latency and a metric delta", ha="center",
+                  va="center", wrap=True, transform=axes.transAxes)
         axes.set_axis_off()
         return _save(figure, path)
     front = set(frontier([(row.p50_ms, row.delta) for row in drawn]))

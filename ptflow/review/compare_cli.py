@@ -189,20 +189,66 @@ def _reasons(ranked: Sequence[tuple[int | None, Any]]) -> list[str]:
     return [f"  not ranked: {row.name}: {row.unranked_reason}" for number, row in ranked if number is None]
 
 
-def format_table(rows: Sequence[Any], strict: bool = False) -> str:
+# the terminal's width decides which columns show: at <= NARROW_AT columns only these; wider, the
+# others go in DROP_ORDER until the table fits (compare.csv always has every column)
+NARROW_AT = 100
+NARROW = ("rank", "recipe", "speedup p50 [CI]", "metric Δ", "state")
+DROP_ORDER = ("compile s", "p99 ms", "accepted", "size MB", "run id", "p50 ms", "tied")
+RIGHT = {"rank", "speedup p50 [CI]", "p50 ms", "p99 ms", "metric Δ", "size MB", "compile s"}
+
+
+def terminal_width() -> int | None:
+    """The width to lay the table out for: $COLUMNS, else the terminal's; None when the output
+    is not a terminal (a file or a pipe gets every column, as `ls` does)."""
+    import shutil
+
+    if os.environ.get("COLUMNS", "").isdigit():
+        return int(os.environ["COLUMNS"])
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+
+
+def format_table(rows: Sequence[Any], strict: bool = False, width: int | None = None) -> str:
     """The fixed-width table for the terminal (as ptflow's sweep table), with why each unranked
-    row is and the notes its cells use (unstable, thin p99, ties, no CI, † and ‡ marks)."""
+    row is and the notes its cells use (unstable, thin p99, ties, no CI, † and ‡ marks). `width`:
+    the terminal's columns (None: every column, nothing wrapped)."""
+    import textwrap
+
     from ptflow.decide import compare as cmp
 
     ids = short_ids([row.run_id for row in rows])
     shown = cmp.table(rows, lambda row: ids[row.run_id], strict)
     table = [cmp.COLUMNS] + shown.cells
-    widths = [min(max(len(line[i]) for line in table), 48 if i == 1 else 200) for i in range(len(cmp.COLUMNS))]
-    right = {0, 2, 4, 5, 6, 8, 9}
-    lines = ["  ".join(cell[:w].rjust(w) if i in right else cell[:w].ljust(w)
-                       for i, (cell, w) in enumerate(zip(line, widths))).rstrip() for line in table]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines + _reasons(shown.ranked) + [f"  {note}" for note in shown.notes])
+    widths = {name: min(max(len(line[i]) for line in table), 48 if name == "recipe" else 200)
+              for i, name in enumerate(cmp.COLUMNS)}
+    kept = list(cmp.COLUMNS)
+    if width is not None:
+        if width <= NARROW_AT:
+            kept = [name for name in kept if name in NARROW]
+        for name in DROP_ORDER:
+            if sum(widths[k] for k in kept) + 2 * (len(kept) - 1) <= width:
+                break
+            if name in kept:
+                kept.remove(name)
+        if strict and "tied" in kept:
+            kept.remove("tied")
+        others = sum(widths[k] for k in kept if k != "recipe") + 2 * (len(kept) - 1)
+        widths["recipe"] = max(12, min(widths["recipe"], width - others))   # long names are cut, not wrapped
+    index = {name: i for i, name in enumerate(cmp.COLUMNS)}
+    lines = ["  ".join(_cell(line[index[name]], widths[name], name) for name in kept).rstrip() for line in table]
+    lines.insert(1, "  ".join("-" * widths[name] for name in kept))
+    notes = _reasons(shown.ranked) + [f"  {note}" for note in shown.notes]
+    if width is not None:
+        notes = [textwrap.fill(note, width, subsequent_indent="    ") for note in notes]
+        hidden = [name for name in cmp.COLUMNS if name not in kept]
+        if hidden:
+            notes.append(textwrap.fill(f"  (for a {width}-column terminal; not shown: {', '.join(hidden)} — "
+                                       "compare.csv (--out DIR) has every column)", width, subsequent_indent="    "))
+    return "\n".join(lines + notes)
+
+
+def _cell(text: str, width: int, name: str) -> str:
+    text = text if len(text) <= width else text[:width - 1] + "…"
+    return text.rjust(width) if name in RIGHT else text.ljust(width)
 
 
 def picked_lines(client: Any, choice: Any) -> list[str]:
@@ -239,7 +285,7 @@ def compare(args: argparse.Namespace) -> int:
     except cmp.SelectionError as error:
         raise Refused(str(error)) from None
     rows = cmp.rows_from_runs(runs)
-    print(f"{description}\n{format_table(rows, args.strict)}", flush=True)
+    print(f"{description}\n{format_table(rows, args.strict, terminal_width())}", flush=True)
     if args.out:
         written = cmp.write_reports(rows, args.out, budget, args.strict)
         print("wrote: " + ", ".join(str(p) for p in written))

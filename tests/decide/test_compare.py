@@ -39,13 +39,18 @@ def row(name, speedup=1.0, drop=0.0, stability="stable", status="FINISHED", p50=
                    baseline_metric=baseline, **more)
 
 
-def test_unstable_is_never_first_and_invalid_failed_unbenchmarked_are_unranked():
+def test_ranks_follow_the_speedup_and_invalid_failed_unbenchmarked_are_unranked():
+    """A rank reads as "measured faster than the next": a slow stable run (0.20x) is not ranked
+    above faster unstable ones; the pick still prefers a stable run."""
     rows = [row("fast_unstable", 3.0, stability="unstable"), row("stable", 1.2), row("invalid", 9.0, stability="invalid"),
-            row("failed", 5.0, status="FAILED", error="boom"), row("nobench", None), row("stable2", 1.5)]
+            row("failed", 5.0, status="FAILED", error="boom"), row("nobench", None), row("stable2", 1.5),
+            row("slow_stable", 0.2), row("noisy", 1.1, stability="unstable")]
     ranked = cmp.rank(rows)
-    assert [(n, r.name) for n, r in ranked] == [(1, "stable2"), (2, "stable"), (3, "fast_unstable"),
-                                                (None, "invalid"), (None, "nobench"), (None, "failed")]
+    assert [(n, r.name) for n, r in ranked] == [(1, "fast_unstable"), (2, "stable2"), (3, "stable"), (4, "noisy"),
+                                                (5, "slow_stable"), (None, "invalid"), (None, "nobench"),
+                                                (None, "failed")]
     assert rows[3].unranked_reason == "FAILED: boom"
+    assert cmp.pick(rows, cmp.Budget.parse("0.01")).row.name == "stable2"
 
 
 def test_budget_parses_absolute_and_relative_and_refuses_nonsense():
@@ -187,7 +192,8 @@ def test_rows_from_the_store(store):
         (1.2, 0.005, BASELINE, 2.4, False)
     failed = rows["digits_mlp-int8_static-eager"]
     assert failed.size_mb == 8.7 and failed.error == "StageError: quantize blew up"
-    assert cmp.rank(list(rows.values()))[0][1].name == "digits_mlp-int8_dynamic-eager"
+    ranked = cmp.rank(list(rows.values()))   # by speedup: the unstable bf16 (3.00x) leads, marked
+    assert [r.name for _, r in ranked[:2]] == ["digits_mlp-bf16-eager", "digits_mlp-int8_dynamic-eager"]
 
 
 def test_reports_csv_md_png(store, tmp_path):
@@ -196,13 +202,13 @@ def test_reports_csv_md_png(store, tmp_path):
     assert [p.name for p in written] == ["compare.csv", "compare.md", "pareto.png"]
     table = list(csv.DictReader(written[0].open()))
     assert [t["rank"] for t in table] == ["1", "2", "3", "4", "", ""]
-    assert table[0]["recipe"] == "digits_mlp-int8_dynamic-eager" and len(table[0]["run_id"]) == 32
-    assert table[2]["recipe"] == "digits_mlp-none-eager" and table[3]["stability"] == "unstable"
+    assert table[1]["recipe"] == "digits_mlp-int8_dynamic-eager" and len(table[1]["run_id"]) == 32
+    assert table[3]["recipe"] == "digits_mlp-none-eager" and table[0]["stability"] == "unstable"
     # bf16 (1.3 ms, Δ 0) dominates every other ranked run; the invalid fp16 is no point at all
-    assert [t["pareto"] for t in table] == ["False", "False", "False", "True", "False", "False"]
+    assert [t["pareto"] for t in table] == ["True", "False", "False", "False", "False", "False"]
     assert table[4]["unranked_reason"] == "invalid measurement"
     markdown = written[1].read_text()
-    assert "| 4 | digits_mlp-bf16-eager | 3.00x [2.85, 3.15]~ |" in markdown and "not ranked" in markdown
+    assert "| 1 | digits_mlp-bf16-eager | 3.00x [2.85, 3.15]~ |" in markdown and "not ranked" in markdown
     assert written[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -264,6 +270,28 @@ def test_pick_names_the_faster_unstable_runs_it_passed_over():
     assert "fast-noisy (1.50x)" in choice.warning and "over-budget" not in choice.warning
     assert cmp.pick([row("a", speedup=2.0), row("b", speedup=1.5, stability="unstable")],
                     cmp.Budget.parse("0.01")).warning == ""
+
+
+def test_pick_names_the_faster_runs_it_left_out_because_their_timings_were_invalid():
+    """A sweep printed 17.70x for a run ptflow itself flagged invalid: the pick says why not it."""
+    rows = [row("slow-stable", speedup=1.1), row("busy", speedup=17.7, stability="invalid"),
+            row("busy-over-budget", speedup=20.0, stability="invalid", drop=0.5),
+            row("busy-but-slower", speedup=0.9, stability="invalid")]
+    choice = cmp.pick(rows, cmp.Budget.parse("0.01"))
+    assert choice.row.name == "slow-stable"
+    assert "busy (17.70x)" in choice.warning and "timings were invalid" in choice.warning
+    assert "over-budget" not in choice.warning and "slower" not in choice.warning
+
+
+def test_the_pareto_picture_says_why_it_is_empty_when_every_run_was_invalid(tmp_path):
+    rows = [row(f"r{i}", speedup=2.0, stability="invalid") for i in range(8)]
+    assert cmp.nothing_ranked(rows).startswith("nothing ranked: 8 run(s): invalid measurement")
+    assert "quieter machine" in cmp.nothing_ranked(rows)
+    mixed = rows[:2] + [row("gone", status="FAILED", error="boom")]
+    assert cmp.nothing_ranked(mixed) == ("nothing ranked: 2 run(s): invalid measurement; 1 run(s): FAILED\n"
+                                         "(timings too dispersed to be a measurement: measure again on a quieter machine)")
+    paths = cmp.write_reports(rows, tmp_path)
+    assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and len(paths) == 3
 
 
 def _logged(metrics: dict[str, float], params: dict[str, str] | None = None):

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from types import SimpleNamespace
 
 import pytest
 
 from ptflow.decide import compare as cmp
 from ptflow.decide import ties
-from ptflow.review.compare_cli import _parser, format_table, picked_lines
+from ptflow.review.compare_cli import _parser, format_table, picked_lines, terminal_width
 
 BUDGET = cmp.Budget.parse("0.01")
 
@@ -111,6 +112,28 @@ def test_the_pick_is_printed_with_its_reason():
     client = SimpleNamespace(tracking_uri="sqlite:///x.db", download_artifacts=missing)
     lines = picked_lines(client, cmp.pick(rows, BUDGET))
     assert lines[0].endswith(": exact") and lines[1].startswith("  why: 1.95x [1.85, 2.00] is tied on speedup")
+
+
+# ---- the terminal ---------------------------------------------------------------------------------
+
+def test_the_table_fits_the_terminal_and_a_pipe_gets_every_column(monkeypatch):
+    rows = [row("digits_mlp-int8_static-inductor", 5.77, (5.5, 6.0), drop=0.0022),
+            row("digits_mlp-int8_dynamic-eager", 1.31, (1.2, 1.4), drop=0.0022, stability="unstable"),
+            row("digits_mlp-none-eager", 1.02, (0.98, 1.05), drop=0.0, repeats=1)]
+    for width in (80, 100):    # the narrow layout: rank, recipe, speedup [CI], Δ, state
+        text = format_table(rows, width=width)
+        assert max(len(line) for line in text.splitlines()) <= width, text
+        assert text.splitlines()[0].split() == ["rank", "recipe", "speedup", "p50", "[CI]", "metric", "Δ", "state"]
+        assert "5.77x [5.50, 6.00]" in text and "not shown: tied, p50 ms, p99 ms" in text.replace("\n    ", " ")
+    wide = format_table(rows, width=140)
+    assert max(len(line) for line in wide.splitlines()) <= 140 and "p50 ms" in wide.splitlines()[0]
+    full = format_table(rows)          # not a terminal: every column, as before
+    assert all(name in full.splitlines()[0] for name in cmp.COLUMNS) and "not shown" not in full
+    monkeypatch.setenv("COLUMNS", "90")
+    assert terminal_width() == 90
+    monkeypatch.delenv("COLUMNS")
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+    assert terminal_width() is None    # a pipe or a file
 
 
 # ---- marks --------------------------------------------------------------------------------------
