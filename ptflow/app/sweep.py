@@ -12,7 +12,7 @@ from typing import Any
 from ptflow.core.errors import ConfigError
 from ptflow.core.lifecycle import Interrupted
 from ptflow.runs.description import stability
-from ptflow.runs.record import EXIT_TRACKING_INCOMPLETE, RESULT_FILE, run_records
+from ptflow.runs.record import EXIT_NOTHING_MEASURED, EXIT_TRACKING_INCOMPLETE, RESULT_FILE, run_records
 
 
 def task_overrides(cfg: Any) -> tuple[str, ...]:
@@ -154,12 +154,35 @@ def launcher_failed(error: Exception, launch: Any) -> int:
     from ptflow.core.errors import first_line
     from ptflow.runs.stale import close_sweep
 
-    print(f"ptflow: the sweep's launcher failed: {type(error).__name__}: {first_line(error)}", file=sys.stderr)
+    unmeasured = nothing_measured(launch.dir)
+    if unmeasured is not None:   # the sweeper gave up: no trial returned an objective
+        print(f"ptflow: {unmeasured}", file=sys.stderr)
+    else:
+        print(f"ptflow: the sweep's launcher failed: {type(error).__name__}: {first_line(error)}", file=sys.stderr)
     with lifecycle.protected():
         close_sweep(launch.dir, f"the sweep's launcher failed ({type(error).__name__})", 1, launch.stores)
     report(launch.dir, launch.expected)
     close_parents(launch.dir, launch.expected)
-    return 1
+    return 1 if unmeasured is None else EXIT_NOTHING_MEASURED
+
+
+def nothing_measured(sweep_dir: Path | None) -> str | None:
+    """When every job of the sweep finished but none returned an objective because its timings
+    were invalid (a search's sweeper then stops: Optuna's "No trials are completed yet"), the
+    one line that says so, with the dispersion seen and what to do; else None."""
+    if sweep_dir is None:
+        return None
+    records = run_records(Path(sweep_dir).glob(f"*/{RESULT_FILE}"))
+    if not records or any(r.status != "FINISHED" or not (r.summary or {}).get("invalid") for r in records):
+        return None
+    seen = [v for r in records for k, v in r.metrics.items()
+            if k.startswith("benchmark.") and k.endswith((".dispersion", ".dispersion_repeats"))]
+    limits = {str((r.config.get("benchmark") or {}).get("invalid_dispersion")) for r in records}
+    spread = f"IQR/median up to {max(seen):.2f}" if seen else "IQR/median too high"
+    return (f"the search has no completed trial: all {len(records)} trial(s) finished, but every one's timings "
+            f"were invalid ({spread}, above benchmark.invalid_dispersion={'/'.join(sorted(limits))}): this "
+            f"machine was too busy to measure. Rerun on a quieter machine, or with fewer parallel jobs; the "
+            f"trials' records are in {sweep_dir}")
 
 
 def skip_checked_batches() -> None:

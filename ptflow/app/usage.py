@@ -30,6 +30,7 @@ usage: ptflow [-m] [-cn NAME] [-cp DIR] [-cd DIR] [group=option ...] [key=value 
 
 exit codes: 0 finished, 1 a job failed, 2 config rejected before anything ran,
             3 finished but the MLflow record is incomplete (ptflow-runs relog RUN_DIR),
+            4 a search (Optuna) ended with no completed trial: every trial's timings were invalid,
             130 / 143 stopped by SIGINT / SIGTERM (runs recorded KILLED)"""
 
 

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 RESULT_FILE = "ptflow_result.json"
 EXIT_TRACKING_INCOMPLETE = 3   # the run finished, but its MLflow copy is incomplete (re-log it)
+EXIT_NOTHING_MEASURED = 4      # a search ended with no completed trial: every trial's timings were invalid
 _UNSAVED: set[str] = set()     # run dirs whose record could not be written (reported once)
 RESERVE_FILE = ".ptflow_result.reserve"
 RESERVE_BYTES = 256 * 1024     # allocated when the run starts; the end state is a few KB

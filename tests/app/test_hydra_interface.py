@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ptflow.app import cli
-from tests.conftest import mlflow_runs, run_cli
+from tests.conftest import STEADY, mlflow_runs, run_cli
 
 
 @pytest.fixture
@@ -277,7 +277,8 @@ def test_experimental_rerun_repeats_a_logged_run(tmp_path):
 def test_optuna_searches_within_the_accuracy_gate(tmp_path):
     """The shipped search: a recipe the accuracy gate rejects is a failed trial, not a crash."""
     result = run_cli(tmp_path, "-m", "experiment=search", "hydra.sweeper.n_trials=3",
-                     "hydra.sweeper.params.compile='choice(eager)'", "benchmark=quick", "accuracy.max_drop=0.001")
+                     "hydra.sweeper.params.compile='choice(eager)'", "benchmark=quick", "accuracy.max_drop=0.001",
+                     *STEADY)
     assert result.code == 0, result.stderr
     assert "Best value" in result.stdout + result.stderr
     records = [json.loads(p.read_text()) for p in tmp_path.glob("outputs/multirun/*/*/*/ptflow_result.json")]
@@ -294,11 +295,25 @@ def test_optuna_searches_within_the_accuracy_gate(tmp_path):
     assert "sweep/expected" not in parent.data.metrics   # Optuna decides the trials as it goes
 
 
+@pytest.mark.slow
+def test_a_search_whose_every_trial_is_invalid_ends_with_one_line_and_exit_4(tmp_path):
+    """A busy machine, every trial flagged invalid: Optuna has no completed trial ("No trials are
+    completed yet"); ptflow says what happened, the dispersion seen and what to do, exit 4."""
+    result = run_cli(tmp_path, "-m", "experiment=search", "hydra.sweeper.n_trials=2",
+                     "hydra.sweeper.params.compile='choice(eager)'", "hydra.sweeper.params.quantize='choice(none)'",
+                     "benchmark=quick", "benchmark.max_dispersion=1e-9", "benchmark.invalid_dispersion=1e-9")
+    assert result.code == 4, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "the search has no completed trial" in line]
+    assert "all 2 trial(s) finished, but every one's timings were invalid (IQR/median up to " in line
+    assert "above benchmark.invalid_dispersion=1e-09" in line and "Rerun on a quieter machine" in line
+    assert "No trials are completed yet" not in result.stderr
+
+
 def test_a_sweep_returns_the_objective_of_each_job(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     os.environ.pop("PTFLOW_TEST_FAULT", None)
     result = run_cli(tmp_path, "-m", "seed=0,1", "experiment=latency_only", "benchmark=quick", "quantize=none",
-                     "objective=benchmark.candidate.p50_ms")
+                     "objective=benchmark.candidate.p50_ms", *STEADY)
     assert result.code == 0, result.stderr
     records = [json.loads(p.read_text()) for p in tmp_path.glob("outputs/multirun/*/*/*/ptflow_result.json")]
     assert all(r["objective"] == r["metrics"]["benchmark.candidate.p50_ms"] for r in records)

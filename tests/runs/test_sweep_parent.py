@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import mlflow_runs
+from tests.conftest import STEADY, mlflow_runs
 
 FAST = ("pipeline=[load,validate,quantize,benchmark]", "benchmark=quick", "benchmark.plots=false")
 
@@ -141,7 +141,7 @@ def test_compare_picks_under_a_budget_registers_the_pick_and_gates_on_none(ptflo
 
     from mlflow.tracking import MlflowClient
 
-    sweep = ptflow("-m", "benchmark=quick", "benchmark.plots=false", "quantize=none,int8_dynamic")
+    sweep = ptflow("-m", "benchmark=quick", "benchmark.plots=false", "quantize=none,int8_dynamic", *STEADY)
     assert sweep.code == 0, sweep.stderr
 
     def compare(*args):
