@@ -198,12 +198,12 @@ RIGHT = {"rank", "speedup p50 [CI]", "p50 ms", "p99 ms", "metric Δ", "size MB",
 
 
 def terminal_width() -> int | None:
-    """The width to lay the table out for: $COLUMNS, else the terminal's; None when the output
-    is not a terminal (a file or a pipe gets every column, as `ls` does)."""
+    """The width to lay the table out for: the terminal's ($COLUMNS when set); None when the
+    output is not a terminal — a file or a pipe gets every column. $COLUMNS alone does not
+    narrow a pipe: GNU readline exports COLUMNS=80 into the environment of any process that
+    loads it (pytest, an interactive interpreter), and their children inherit it."""
     import shutil
 
-    if os.environ.get("COLUMNS", "").isdigit():
-        return int(os.environ["COLUMNS"])
     return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
 
 

@@ -130,10 +130,10 @@ def test_the_table_fits_the_terminal_and_a_pipe_gets_every_column(monkeypatch):
     full = format_table(rows)          # not a terminal: every column, as before
     assert all(name in full.splitlines()[0] for name in cmp.COLUMNS) and "not shown" not in full
     monkeypatch.setenv("COLUMNS", "90")
-    assert terminal_width() == 90
-    monkeypatch.delenv("COLUMNS")
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert terminal_width() == 90      # a terminal, its width
     monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
-    assert terminal_width() is None    # a pipe or a file
+    assert terminal_width() is None    # a pipe or a file: every column, whatever COLUMNS says
 
 
 # ---- marks --------------------------------------------------------------------------------------
