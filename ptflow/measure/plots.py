@@ -199,7 +199,10 @@ def main() -> None:
     import json
     import sys
 
-    draw(json.loads(Path(sys.argv[1]).read_text(encoding="utf-8")))
+    request = Path(sys.argv[1])
+    text = request.read_text(encoding="utf-8")
+    request.unlink(missing_ok=True)   # read once: nothing left in the temp dir when no one waits for it
+    draw(json.loads(text))
 
 
 if __name__ == "__main__":
