@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import mlflow_runs, run_cli
+from tests.conftest import STEADY, mlflow_runs, run_cli
 
 
 TINY_MODEL = """\
@@ -41,7 +41,7 @@ def test_printed_commands_work_when_pasted_elsewhere(tmp_path):
     (work / "extra" / "model" / "tiny.yaml").write_text(TINY_MODEL)
     elsewhere.mkdir()
     swept = run_cli(work, "-m", "-cd", "extra", "model=tiny", "quantize=none,bf16", "benchmark=quick",
-                    "pipeline=[load,validate,quantize,benchmark]")
+                    "pipeline=[load,validate,quantize,benchmark]", *STEADY)
     assert swept.code == 0, swept.stderr
 
     ranked = _paste(_line(swept.stdout + swept.stderr, "rank again") + ["--max-accuracy-drop", "1"], elsewhere)

@@ -17,10 +17,10 @@ import yaml
 
 from ptflow.runs.logged_model_check import Untrusted, check_logged_model, check_model_dir
 from tests import crafted_files as crafted
-from tests.conftest import mlflow_runs, run_cli
+from tests.conftest import STEADY, mlflow_runs, run_cli
 
 RUN = ("model.weights=null", "model.builder.hidden=32", "model.builder.depth=1", "data.max_batches=1",
-       "quantize=none", "benchmark=quick", "pipeline=[load,validate,benchmark,export]", "export.formats=[pt2,onnx]")
+       "quantize=none", "benchmark=quick", "pipeline=[load,validate,benchmark,export]", "export.formats=[pt2,onnx]", *STEADY)   # registering needs a valid (ranked) run
 
 
 @pytest.fixture(scope="module")
