@@ -189,7 +189,7 @@ def _run(argv: Sequence[str]) -> int:
     lifecycle.install()
     lifecycle.reset()                  # one `ptflow` invocation, one fresh state, also in-process
     OUTCOMES.clear()
-    launch.LAUNCH = launch.Launch()
+    launch.LAUNCH = launch.Launch(argv=tuple(argv))
     saved = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"   # Hydra's refusals reach ptflow, which explains them in full
     # Workers killed mid-job leave semaphores behind; the resource tracker's warning about

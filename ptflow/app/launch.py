@@ -18,6 +18,7 @@ class Launch:
     stores: list[tuple[str, str]] = field(default_factory=list)   # (tracking URI, experiment id)
     checked: frozenset[tuple[str, ...]] = frozenset()   # jobs composed and planned here (basic sweeper)
     rerun: bool = False               # Hydra's --experimental-rerun: the job gets a run dir of its own
+    argv: tuple[str, ...] = ()        # the command line as typed after `ptflow` (a sweep's parent keeps it)
 
 
 LAUNCH = Launch()

@@ -183,7 +183,9 @@ def _finish(config: Any, jobs: list[Job], mode: str, expected: int | None) -> No
     if mode == "multirun" and stores:   # before any job starts: every job nests under it
         from ptflow.runs.sweep_parent import open_parents, plugins_of
 
-        open_parents(claimed, stores, sweep.task_overrides(config), expected, plugins_of(config))
+        launcher_sweeper = sweep.hydra_overrides(config, added=f"hydra.sweep.dir={_quoted(claimed)}")
+        open_parents(claimed, stores, sweep.task_overrides(config), expected, plugins_of(config),
+                     command=("ptflow", *launch.LAUNCH.argv), hydra_overrides=launcher_sweeper)
 
 
 def _select(config: Any, key: str) -> Any:

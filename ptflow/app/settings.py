@@ -17,6 +17,7 @@ from ptflow.core.plan import Plan, PlannedStage, build_config, plan_stages, uniq
 from ptflow.core.stage import load_stages
 from ptflow.core.targets import resolve_path
 from ptflow.decide import objective
+from ptflow.decide.budget import CompareConfig
 from ptflow.measure import device
 from ptflow.measure.device import DeviceConfig
 from ptflow.runs.tracking import TrackingConfig
@@ -51,6 +52,7 @@ class RunSettings:
     tags: dict[str, Any] = field(default_factory=dict, hash=False)   # extra MLflow run tags (nested: dotted names)
     reproduces: str | None = None       # set by ptflow-reproduce: the MLflow run id this run re-runs
     cache: bool | str = True            # the stage cache under <outputs_dir>/cache/stages (on | off)
+    compare: CompareConfig = field(default_factory=CompareConfig)   # what a sweep's parent run picks under
 
     def __post_init__(self) -> None:
         problems = []

@@ -21,6 +21,16 @@ def task_overrides(cfg: Any) -> tuple[str, ...]:
     return tuple(OmegaConf.to_container(cfg.hydra.overrides.task, resolve=False))
 
 
+def hydra_overrides(cfg: Any, added: str = "") -> tuple[str, ...]:
+    """The launcher and sweeper overrides (hydra/launcher=joblib, hydra.sweeper.n_trials=3),
+    without `added` (the sweep dir ptflow claimed and appended)."""
+    from omegaconf import OmegaConf
+
+    ours = ("hydra.mode=", "hydra.callbacks.ptflow_preflight", "++hydra.callbacks.ptflow_preflight")   # -m, ptflow's
+    return tuple(o for o in OmegaConf.to_container(cfg.hydra.overrides.hydra, resolve=False)
+                 if o != added and not o.startswith(ours))
+
+
 def expand(config: Any, loader: Any) -> list[tuple[str, ...]]:
     """The jobs the configured sweeper would launch, asked of the sweeper itself."""
     from hydra._internal.callbacks import Callbacks

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ptflow.decide import ties
+from ptflow.decide.budget import Budget  # noqa: F401  (ptflow-compare's budget, re-exported)
 from ptflow.decide.compare_select import (PARENT_ID_TAG, SelectionError, is_parent, latest_sweeps,  # noqa: F401
                                    search_all, select_runs)
 
 NAME_PLACE = re.compile(r"\s+@\S+$")     # ' @22-10-56#7': where it ran, not what ran
-DROP_SLACK = 1e-9                        # a drop equal to the budget, up to float noise, qualifies
 STATUS_ORDER = {"invalid": 0, "no benchmark": 1, "FAILED": 2, "KILLED": 3}
 
 
@@ -167,46 +167,6 @@ def rank(rows: Sequence[Row]) -> list[tuple[int | None, Row]]:
     rest = sorted((r for r in rows if r.unranked_reason is not None),
                   key=lambda r: (STATUS_ORDER.get(r.state, 4), r.start_time, r.name))
     return [(i + 1, r) for i, r in enumerate(ranked)] + [(None, r) for r in rest]
-
-
-@dataclass(frozen=True)
-class Budget:
-    """--max-accuracy-drop: `value` in metric units, or a fraction of the baseline's metric
-    when `relative` ('1%' -> value 0.01, relative)."""
-
-    value: float
-    relative: bool = False
-    text: str = ""
-
-    @classmethod
-    def parse(cls, text: str) -> Budget:
-        raw = text.strip()
-        relative = raw.endswith("%")
-        number = raw[:-1].strip() if relative else raw
-        value = float(number) if re.fullmatch(r"[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?", number) else -1.0
-        if not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"--max-accuracy-drop: expected a number >= 0 in the metric's units (0.01) or a "
-                             f"percentage of the baseline's metric (1%), found {text!r}")
-        return cls(value / 100 if relative else value, relative, raw)
-
-    def limit(self, row: Row) -> float | None:
-        """The largest drop this row may have; None when relative and the baseline is unknown."""
-        if self.relative:
-            return None if row.baseline_metric is None else self.value * abs(row.baseline_metric)
-        return self.value
-
-    def min_delta(self, rows: Sequence[Row]) -> float | None:
-        """The budget as the lowest delta allowed (the plot's line), from the first row with a limit."""
-        limit = next((x for x in map(self.limit, rows) if x is not None), None)
-        return None if limit is None else -limit
-
-    def qualifies(self, row: Row) -> bool:
-        return row.unranked_reason is None and self.within(row)
-
-    def within(self, row: Row) -> bool:
-        """Its accuracy drop is within the budget (whether or not its timings count)."""
-        limit = self.limit(row)
-        return row.drop is not None and limit is not None and row.drop <= limit + DROP_SLACK * max(1.0, abs(limit))
 
 
 class Pick(NamedTuple):
@@ -381,13 +341,17 @@ def write_reports(rows: Sequence[Row], out_dir: Path, budget: Budget | None = No
     return [out_dir / "compare.csv", out_dir / "compare.md", out_dir / "pareto.png"]
 
 
+def children(client: Any, experiment_id: str, parent_run_id: str) -> list[Any]:
+    """The job runs nested under a sweep's parent run (parent runs never count)."""
+    return [run for run in search_all(client, experiment_id, f"tags.{PARENT_ID_TAG} = '{parent_run_id}'")
+            if not is_parent(run)]
+
+
 def sweep_artifacts(tracking_uri: str, experiment_id: str, parent_run_id: str, out_dir: Path) -> list[Path]:
-    """The comparison of a sweep's children, written when the sweep ends (ptflow.runs.sweep_parent).
-    A sweep whose jobs all failed, or that has no child yet, still gets its CSV, Markdown and a
-    PNG saying so; store errors (a dead server) propagate for the caller to report."""
+    """The comparison of a sweep's children. A sweep whose jobs all failed, or that has no
+    child yet, still gets its CSV, Markdown and a PNG saying so; store errors (a dead server)
+    propagate for the caller to report."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri)
-    runs = [run for run in search_all(client, experiment_id, f"tags.{PARENT_ID_TAG} = '{parent_run_id}'")
-            if not is_parent(run)]
+    runs = children(MlflowClient(tracking_uri=tracking_uri), experiment_id, parent_run_id)
     return write_reports(rows_from_runs(runs), Path(out_dir))

@@ -269,6 +269,7 @@ def compare(args: argparse.Namespace) -> int:
     from mlflow.tracking import MlflowClient
 
     from ptflow.decide import compare as cmp
+    from ptflow.runs import sweep_pick
 
     try:
         budget = cmp.Budget.parse(args.max_accuracy_drop) if args.max_accuracy_drop is not None else None
@@ -298,10 +299,12 @@ def compare(args: argparse.Namespace) -> int:
     if budget is None:
         return 0
     choice = cmp.pick(rows, budget, args.strict)
+    print(choice.message if choice.row is None else "\n".join(picked_lines(client, choice)))
+    parent = None if args.all or args.filter else sweep_pick.sweep_parent(client, runs)
+    if parent is not None:   # a whole sweep: its parent run's record follows the latest pick
+        print(sweep_pick.repick(client, parent, runs, budget, args.strict))
     if choice.row is None:
-        print(choice.message)
         return 1
-    print("\n".join(picked_lines(client, choice)))
     if args.register:
         print(register(client.tracking_uri, choice.row, args.register))
     return 0

@@ -3,10 +3,12 @@ found by every job (in this process, a joblib worker or a submitit/SLURM node) t
 file in the sweep dir, and closed with the sweep's counts and its comparison.
 
 MLflow shows a run with tag ``mlflow.parentRunId`` nested under that run. The parent
-records what the sweep was (its overrides, launcher, sweeper, the command), how it ended
-(``sweep/finished``, ``sweep/failed``, ``sweep/killed``; FINISHED unless no job finished,
-KILLED after a signal) and, as artifacts under ``compare/``, the table and Pareto plot of
-``ptflow.decide.compare``. A tracking failure here costs the parent, never a job.
+records what the sweep was (the command line as typed, its overrides as params, launcher,
+sweeper; Optuna's ``optimization_results.yaml``), how it ended (``sweep/finished``,
+``sweep/failed``, ``sweep/killed``; FINISHED unless no job finished, KILLED after a signal),
+as artifacts under ``compare/`` the table and Pareto plot of ``ptflow.decide.compare``, and
+the pick under the sweep's budget (``ptflow.runs.sweep_pick``). A tracking failure here costs
+the parent, never a job.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from ptflow.runs.record import RESULT_FILE, RunRecord, run_records
 PARENTS_FILE = ".ptflow-parents.json"   # in the sweep dir: {"<uri> <experiment id>": "<parent run id>"}
 PARENT_TAG = "ptflow.sweep_parent"
 PARENT_ID_TAG = "mlflow.parentRunId"    # MLflow's own: the UI nests the child under the parent
+OPTUNA_RESULTS = "optimization_results.yaml"   # the Optuna sweeper's best params and value, in the sweep dir
 
 
 def _key(uri: str, experiment_id: str) -> str:
@@ -33,19 +36,24 @@ def _key(uri: str, experiment_id: str) -> str:
 
 
 def open_parents(sweep_dir: Path, stores: Iterable[tuple[str, str]], overrides: Iterable[str],
-                 expected: int | None, plugins: Mapping[str, str]) -> dict[str, str]:
-    """Create one parent run per (store, experiment) and write where jobs find them."""
+                 expected: int | None, plugins: Mapping[str, str], command: Sequence[str] = (),
+                 hydra_overrides: Sequence[str] = ()) -> dict[str, str]:
+    """Create one parent run per (store, experiment) and write where jobs find them. `command`:
+    the whole command line as typed; `hydra_overrides`: the launcher and sweeper ones. Both
+    override lists become the parent's params (quantize=none,int8_dynamic: param quantize)."""
+    from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
     from ptflow.core import lifecycle
     from ptflow.runs import naming
+    from ptflow.runs.description import NOTE_TAG
 
     sweep_dir = Path(sweep_dir).resolve()
     overrides = list(overrides)
     jobs = f"{expected} job(s)" if expected is not None else "search"
     tags = {PARENT_TAG: "true", "ptflow.sweep": str(sweep_dir), "ptflow.sweep_id": naming.sweep_id(str(sweep_dir)),
             "ptflow.process": str(lifecycle.current_process()),
-            "ptflow.command": shlex.join(["ptflow", "-m", *overrides])[:5000],
+            "ptflow.command": (shlex.join(command) if command else shlex.join(["ptflow", "-m", *overrides]))[:5000],
             **{f"ptflow.{kind}": name for kind, name in plugins.items()},
             **naming.source_tags()}
     if expected is not None:
@@ -54,8 +62,13 @@ def open_parents(sweep_dir: Path, stores: Iterable[tuple[str, str]], overrides: 
     for uri, experiment_id in stores:
         try:
             client = MlflowClient(tracking_uri=uri)
-            run = client.create_run(experiment_id, run_name=f"sweep {jobs} @{sweep_dir.name}", tags=tags)
+            run = client.create_run(experiment_id, run_name=f"sweep {jobs} @{sweep_dir.name}", tags={
+                **tags, NOTE_TAG: f"**Sweep of {jobs}**: running\n\n`{tags['ptflow.command'][:4000]}`"})
+            client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in sweep_params(
+                [*overrides, *hydra_overrides]).items()])
             client.log_text(run.info.run_id, "\n".join(overrides) + "\n", "overrides.txt")
+            client.log_text(run.info.run_id, "\n".join(hydra_overrides) + "\n", "hydra_overrides.txt")
+            client.log_text(run.info.run_id, tags["ptflow.command"] + "\n", "command.txt")
             parents[_key(uri, experiment_id)] = run.info.run_id
         except Exception as error:   # the jobs still run and record; only the nesting is lost
             print(f"ptflow: warning: could not create the sweep's parent MLflow run in {uri}: "
@@ -63,6 +76,19 @@ def open_parents(sweep_dir: Path, stores: Iterable[tuple[str, str]], overrides: 
                   file=sys.stderr, flush=True)
     write_atomic(sweep_dir / PARENTS_FILE, json.dumps(parents, indent=2) + "\n")
     return parents
+
+
+def sweep_params(overrides: Iterable[str]) -> dict[str, str]:
+    """'quantize=none,int8_dynamic' -> {'quantize': 'none,int8_dynamic'}, as a Hydra user filters
+    (params.quantize); '+tags.x=1' and '~export' by their key; the first of a repeated key."""
+    from ptflow.runs.params import MAX_VALUE, sanitize_key
+
+    params: dict[str, str] = {}
+    for override in overrides:
+        key, _, value = override.partition("=")
+        key = sanitize_key(key.strip().lstrip("+~")) or "override"
+        params.setdefault(key, value[:MAX_VALUE] if value or not override.startswith("~") else "(deleted)")
+    return dict(list(params.items())[:100])   # MLflow's log_batch takes 100 params
 
 
 def parent_of(sweep_dir: str | None, uri: str, experiment_id: str | None) -> str | None:
@@ -107,17 +133,15 @@ def close_parents(sweep_dir: Path, expected: int | None, stopped_by: str | None 
         return []
     records = run_records(sweep_dir.glob(f"*/{RESULT_FILE}"))
     status = status_of(records, stopped_by is not None)
-    lines = []
+    lines: list[str] = []
     for key, run_id in parents.items():
         uri, _, experiment_id = key.rpartition(" ")
-        line = _close_one(uri, experiment_id, run_id, sweep_dir, records, expected, status, stopped_by)
-        if line:
-            lines.append(line)
+        lines += _close_one(uri, experiment_id, run_id, sweep_dir, records, expected, status, stopped_by)
     return lines
 
 
 def _close_one(uri: str, experiment_id: str, run_id: str, sweep_dir: Path, records: list[RunRecord],
-               expected: int | None, status: str, stopped_by: str | None) -> str | None:
+               expected: int | None, status: str, stopped_by: str | None) -> list[str]:
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
@@ -127,41 +151,78 @@ def _close_one(uri: str, experiment_id: str, run_id: str, sweep_dir: Path, recor
         client = MlflowClient(tracking_uri=uri)
         now = int(time.time() * 1000)
         client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in counts(records, expected).items()])
-        if (sweep_dir / "multirun.yaml").is_file():
-            client.log_artifact(run_id, str(sweep_dir / "multirun.yaml"))
+        for name in ("multirun.yaml", OPTUNA_RESULTS):
+            if (sweep_dir / name).is_file():
+                client.log_artifact(run_id, str(sweep_dir / name))
+        _log_optuna(client, run_id, sweep_dir / OPTUNA_RESULTS)
         if stopped_by:
             client.set_tag(run_id, "ptflow.kill_reason", f"the sweep was stopped by {stopped_by}")
-        written = _comparison(uri, experiment_id, run_id, sweep_dir)
+        written, picked = _comparison(client, experiment_id, run_id, sweep_dir)
         for path in written:
             client.log_artifact(run_id, str(path), artifact_path="compare")
         set_terminated(client, run_id, status)
     except Exception as error:   # a dead store at the end: the jobs' own records are complete
         print(f"ptflow: warning: could not close the sweep's parent MLflow run {run_id} in {uri}: "
               f"{type(error).__name__}: {first_line(error)}", file=sys.stderr, flush=True)
-        return None
+        return []
     if not written:
-        return f"sweep: parent MLflow run {run_id} ended {status}"
+        return [f"sweep: parent MLflow run {run_id} ended {status}"]
     rank = shlex.join(["ptflow-compare", "--parent", run_id, "--tracking-uri", uri])
-    return (f"sweep: parent MLflow run {run_id} ended {status}; comparison (CSV, Markdown, Pareto plot) "
-            f"in {written[0].parent} and its artifacts compare/; rank again: {rank}")
+    return [f"sweep: parent MLflow run {run_id} ended {status}; comparison (CSV, Markdown, Pareto plot) "
+            f"in {written[0].parent} and its artifacts compare/; rank again: {rank}",
+            *([f"sweep: {picked}; recorded on the parent run (its description, tags ptflow.best_run_id and "
+               "ptflow.best_recipe)"] if picked else [])]
 
 
-def _comparison(uri: str, experiment_id: str, run_id: str, sweep_dir: Path) -> list[Path]:
+def _log_optuna(client: Any, run_id: str, results: Path) -> None:
+    """Optuna's optimization_results.yaml as params optuna.best.<name> and metric optuna/best_value."""
+    import yaml
+    from mlflow.entities import Metric, Param
+
+    from ptflow.runs.params import sanitize_key
+
+    try:
+        found = yaml.safe_load(results.read_text(encoding="utf-8")) if results.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return
+    if not isinstance(found, dict):
+        return
+    best = found.get("best_params") if isinstance(found.get("best_params"), dict) else {}
+    value = found.get("best_value")
+    metrics = [Metric("optuna/best_value", float(value), int(time.time() * 1000), 0)] \
+        if isinstance(value, (int, float)) and not isinstance(value, bool) else []
+    params = [Param(sanitize_key(f"optuna.best.{k}"), str(v)[:6000]) for k, v in list(best.items())[:90]]
+    client.log_batch(run_id, metrics=metrics, params=params)
+
+
+def _comparison(client: Any, experiment_id: str, run_id: str, sweep_dir: Path) -> tuple[list[Path], str]:
     """compare.csv, compare.md and pareto.png of the parent's children, in <sweep dir>/compare
-    (a temp dir when the sweep dir cannot take them). Never fails the close."""
+    (a temp dir when the sweep dir cannot take them), and the pick recorded on the parent (a
+    line saying what it is). Never fails the close."""
+    from ptflow.decide import budget as budgets
+    from ptflow.decide import compare as cmp
+
     target = sweep_dir / "compare"
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError:
         target = Path(tempfile.mkdtemp(prefix="ptflow-compare-"))
     try:
-        from ptflow.decide.compare import sweep_artifacts
-
-        return [Path(p) for p in sweep_artifacts(uri, experiment_id, run_id, target)]
+        runs = cmp.children(client, experiment_id, run_id)
+        found = budgets.of_runs(runs)
+        written = [Path(p) for p in cmp.write_reports(cmp.rows_from_runs(runs), target, found[0] if found else None)]
     except Exception as error:
         print(f"ptflow: warning: the sweep's comparison could not be written: {type(error).__name__}: "
               f"{first_line(error)}", file=sys.stderr, flush=True)
-        return []
+        return [], ""
+    try:
+        from ptflow.runs import sweep_pick
+
+        return written, sweep_pick.record(client, run_id, runs, found, "picked when the sweep ended").line
+    except Exception as error:
+        print(f"ptflow: warning: the sweep's pick could not be recorded on its parent run {run_id}: "
+              f"{type(error).__name__}: {first_line(error)}", file=sys.stderr, flush=True)
+        return written, ""
 
 
 def plugins_of(config: Any) -> dict[str, str]:

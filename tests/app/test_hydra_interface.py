@@ -293,6 +293,18 @@ def test_optuna_searches_within_the_accuracy_gate(tmp_path):
     assert {r.data.tags["mlflow.parentRunId"] for r in mlflow_runs(result)} == {parent.info.run_id}
     assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/finished"] == 3
     assert "sweep/expected" not in parent.data.metrics   # Optuna decides the trials as it goes
+    # the whole command line, and Optuna's own answer beside ptflow's pick (which follows the gate)
+    assert "hydra.sweeper.n_trials=3" in parent.data.tags["ptflow.command"]
+    assert parent.data.params["hydra.sweeper.n_trials"] == "3"
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=result.tracking_uri)
+    assert "optimization_results.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    best = {k.removeprefix("optuna.best."): v for k, v in parent.data.params.items() if k.startswith("optuna.best.")}
+    assert best and best["quantize"] != "int8_dynamic" and "optuna/best_value" in parent.data.metrics
+    assert parent.data.tags["ptflow.pick.budget"] == "0.001 (accuracy.max_drop)"
+    picked = client.get_run(parent.data.tags["ptflow.best_run_id"])
+    assert picked.data.params["quantize.method"] != "int8_dynamic"
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ def mixed_sweep(tmp_path_factory):
     from tests.conftest import run_cli
 
     return run_cli(tmp_path_factory.mktemp("mixed"), "-m", *FAST, "quantize=int8_dynamic",
-                   "validate.output_shape=[null,10],[null,11]")
+                   "validate.output_shape=[null,10],[null,11]", *STEADY)
 
 
 def test_every_job_is_a_child_of_one_parent_run(mixed_sweep):
@@ -64,6 +64,28 @@ def test_the_parent_holds_the_comparison_and_the_sweep_config(mixed_sweep):
     csv = client.download_artifacts(parent.info.run_id, "compare/compare.csv", str(mixed_sweep.cwd / "dl"))
     text = open(csv, encoding="utf-8").read()
     assert all(r.info.run_id in text for r in mlflow_runs(mixed_sweep))   # every job is a row
+
+
+def test_the_parent_names_the_pick_and_keeps_the_whole_command_line(mixed_sweep):
+    """What the MLflow UI shows on the parent: the pick under the jobs' accuracy gate on top of
+    its description, tags and metrics for it, the sweep's overrides as params."""
+    parent, client = _parent(mixed_sweep), _client(mixed_sweep)
+    (done,) = [r for r in mlflow_runs(mixed_sweep) if r.info.status == "FINISHED"]
+    tags, eid = parent.data.tags, parent.info.experiment_id
+    assert tags["ptflow.best_run_id"] == done.info.run_id and tags["ptflow.best_recipe"] == "int8_dynamic"
+    assert tags["ptflow.pick.budget"] == "0.01 (accuracy.max_drop)"
+    note = tags["mlflow.note.content"]
+    assert note.startswith("## Pick: **int8_dynamic** (within a drop of 0.01, from accuracy.max_drop)")
+    assert f"(#/experiments/{eid}/runs/{done.info.run_id})" in note and "### 2 run(s), ranked by speedup" in note
+    assert "not ranked: " in note and "FAILED" in note                      # the failed job is a row too
+    assert parent.data.metrics["best/speedup_p50"] == done.data.metrics["benchmark/speedup_p50"]
+    assert parent.data.metrics["best/metric_delta"] == done.data.metrics["benchmark/top1_accuracy_delta"]
+    assert parent.data.params["validate.output_shape"] == "[null,10],[null,11]"
+    assert parent.data.params["benchmark"] == "quick" and "hydra.mode" not in parent.data.params
+    assert tags["ptflow.command"].endswith("benchmark.invalid_dispersion=1e6")   # as typed, in order
+    top = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"command.txt", "hydra_overrides.txt", "multirun.yaml"} <= top
+    assert "sweep: pick within a drop of 0.01 (accuracy.max_drop): int8_dynamic" in mixed_sweep.stdout
 
 
 def test_a_sweep_where_no_job_finishes_ends_its_parent_failed(ptflow):
