@@ -17,8 +17,9 @@ from tests.fault_files import free_port
 class Server:
     """A real `mlflow server` on 127.0.0.1, started and stopped by the test."""
 
-    def __init__(self, root: Path):
-        self.root, self.port = root, free_port()
+    def __init__(self, root: Path, backend: str | None = None):
+        """`backend`: the backend store URI (e.g. postgresql://...); default a sqlite file in `root`."""
+        self.root, self.port, self.backend = root, free_port(), backend
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
@@ -27,18 +28,20 @@ class Server:
 
         self.root.mkdir(exist_ok=True)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root / 'db.sqlite'}",
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.backend or f"sqlite:///{self.root / 'db.sqlite'}",
              "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
              "--port", str(self.port), "--workers", "1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            stdout=subprocess.DEVNULL, stderr=open(self.root / "server.log", "wb"), start_new_session=True)
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and self.proc.poll() is None:
             try:
                 with urllib.request.urlopen(self.uri + "/health", timeout=1):
                     return
             except OSError:
                 time.sleep(0.3)
-        raise AssertionError("mlflow server did not start")
+        self.stop()
+        log = (self.root / "server.log").read_text(errors="replace")[-3000:]
+        raise AssertionError(f"mlflow server did not start (exit {self.proc.returncode}):\n{log}")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
