@@ -56,6 +56,7 @@ class Tracking:
     run_id: str | None = None
     complete: bool = False
     error: str | None = None       # why the mirror is incomplete (the first tracking failure)
+    experiment_id: str | None = None
 
 
 @dataclass

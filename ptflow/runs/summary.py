@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ptflow.core.artifact import Artifact
+from ptflow.runs import ui_links
 from ptflow.runs.record import RunRecord
 
 RECIPE_GROUPS = ("quantize", "compile")    # each group is applied by the stage of its name
@@ -26,7 +27,8 @@ def build(artifact: Artifact, choices: Mapping[str, str], run_dir: Path, wall_s:
         "stages_s": {r.name: r.duration_s for r in artifact.lineage},
         "cache": {k.removeprefix("ptflow.cache."): v for k, v in artifact.tags.items() if k.startswith("ptflow.cache.")},
         "latency_ms": {},
-        "mlflow": {"run_id": tracking.run_id, "tracking_uri": tracking.uri, "experiment": tracking.experiment},
+        "mlflow": {"run_id": tracking.run_id, "tracking_uri": tracking.uri, "experiment": tracking.experiment,
+                   "experiment_id": tracking.experiment_id},
         "warnings": dict(record.warnings),
         "exports": [str(p) for k, p in artifact.files.items()
                     if k.startswith("export.") and p.suffix != ".json" and k != "export.example"],
@@ -195,6 +197,8 @@ def render(summary: Mapping[str, Any], mlflow_complete: bool = True) -> str:
         uri = mlflow["tracking_uri"]
         ui = uri if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}"
         lines.append(f"  {'open the UI':<20}{ui}")
+        if mlflow.get("experiment_id"):
+            lines.append(f"  {'its page':<20}{ui_links.run_page(uri, mlflow['experiment_id'], mlflow['run_id'])}")
         for fmt, model in mlflow.get("models", {}).items():
             registered = f"   registered {model['registered'].replace('/', ' version ')}" if model["registered"] else ""
             lines.append(f"  {'MLflow model':<20}{model['uri']} ({fmt}){registered}")

@@ -165,13 +165,17 @@ def _close_one(uri: str, experiment_id: str, run_id: str, sweep_dir: Path, recor
         print(f"ptflow: warning: could not close the sweep's parent MLflow run {run_id} in {uri}: "
               f"{type(error).__name__}: {first_line(error)}", file=sys.stderr, flush=True)
         return []
+    from ptflow.runs import ui_links
+
+    page = f"sweep: the parent run's page: {ui_links.run_page(uri, experiment_id, run_id)}" + \
+        ("" if uri.startswith(("http://", "https://")) else f" (after: mlflow ui --backend-store-uri {uri})")
     if not written:
-        return [f"sweep: parent MLflow run {run_id} ended {status}"]
+        return [f"sweep: parent MLflow run {run_id} ended {status}", page]
     rank = shlex.join(["ptflow-compare", "--parent", run_id, "--tracking-uri", uri])
     return [f"sweep: parent MLflow run {run_id} ended {status}; comparison (CSV, Markdown, Pareto plot) "
             f"in {written[0].parent} and its artifacts compare/; rank again: {rank}",
             *([f"sweep: {picked}; recorded on the parent run (its description, tags ptflow.best_run_id and "
-               "ptflow.best_recipe)"] if picked else [])]
+               "ptflow.best_recipe)"] if picked else []), page]
 
 
 def _log_optuna(client: Any, run_id: str, results: Path) -> None:

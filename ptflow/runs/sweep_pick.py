@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 from ptflow.decide import budget as budgets
 from ptflow.decide import compare as cmp
+from ptflow.runs import ui_links
 from ptflow.runs.description import NOTE_TAG
 
 BEST_RUN_TAG, BEST_RECIPE_TAG = "ptflow.best_run_id", "ptflow.best_recipe"
@@ -43,9 +44,9 @@ def _recipe(runs: Sequence[Any], row: cmp.Row) -> str:
 
 
 def _links(experiment_id: str, row: cmp.Row) -> str:
-    models = ", ".join(f"[{fmt}](#/experiments/{experiment_id}/models/{uri.removeprefix('models:/')})"
+    models = ", ".join(f"[{fmt}]({ui_links.model_path(experiment_id, uri.removeprefix('models:/'))})"
                        for fmt, uri in row.model_uris)
-    return (f"run [`{row.run_id[:8]}`](#/experiments/{experiment_id}/runs/{row.run_id})"
+    return (f"run [`{row.run_id[:8]}`]({ui_links.run_path(experiment_id, row.run_id)})"
             + (f" · logged models: {models}" if models else ""))
 
 
@@ -76,7 +77,7 @@ def _pick_section(choice: cmp.Pick | None, found: tuple[budgets.Budget, str] | N
 
 
 def _table(rows: Sequence[cmp.Row], experiment_id: str, strict: bool, room: int) -> list[str]:
-    shown = cmp.table(rows, lambda row: f"[`{row.run_id[:8]}`](#/experiments/{experiment_id}/runs/{row.run_id})",
+    shown = cmp.table(rows, lambda row: f"[`{row.run_id[:8]}`]({ui_links.run_path(experiment_id, row.run_id)})",
                       strict)
     escape = str.maketrans({"|": "\\|"})
     lines = ["| " + " | ".join(HEADS) + " |", "|" + "---|" * len(HEADS)]

@@ -102,6 +102,7 @@ class MlflowTracker:
         self.client = None
         quiet_store_logs()
         self.experiment_id = self._call(self._connect)
+        record.tracking.experiment_id = self.experiment_id
 
     @property
     def ok(self) -> bool:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -23,6 +22,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests import browser
 
 REPO = Path(__file__).resolve().parents[2]
 SIZES = {"desktop": (1280, 900), "phone": (390, 844)}
@@ -54,10 +55,6 @@ def test_site_builds_strictly(site):
     assert "quantize_recipe" in api and "QuantizeJob" in api, "mkdocstrings rendered no API for the quantize registry"
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -86,24 +83,9 @@ def _served(directory: Path):
         server.wait(timeout=10)
 
 
-def _browser(chromium: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                           "--no-first-run", "--hide-scrollbars", f"--user-data-dir={profile}", *args],
-                          capture_output=True, text=True, timeout=120)
-
-
-def _distinct_colours(png: Path) -> int:
-    import matplotlib.image
-    import numpy as np
-
-    pixels = matplotlib.image.imread(str(png))
-    flat = (pixels[..., :3] * 255).astype(np.uint8).reshape(-1, 3)
-    return len(np.unique(flat, axis=0))
-
-
 @pytest.mark.slow
 def test_site_reads_in_headless_chromium(site, tmp_path):
-    chromium = _chromium()
+    chromium = browser.chromium()
     if chromium is None:
         pytest.skip("no chromium on PATH (Debian: apt-get install chromium; .ci/run installs it best effort)")
     keep = os.environ.get("PTFLOW_DOCS_SCREENSHOTS")
@@ -111,7 +93,7 @@ def test_site_reads_in_headless_chromium(site, tmp_path):
     shots.mkdir(parents=True, exist_ok=True)
     with _served(site) as base:
         for path, (title, text) in PAGES.items():
-            dom = _browser(chromium, tmp_path / "profile", "--dump-dom", base + path)
+            dom = browser.browse(chromium, tmp_path / "profile", "--dump-dom", base + path)
             html = dom.stdout
             assert dom.returncode == 0 and "</html>" in html, f"chromium --dump-dom {path}:\n{dom.stderr[-2000:]}"
             assert f"<title>{title}</title>" in html, f"{path}: no <title>{title}</title>"
@@ -123,8 +105,8 @@ def test_site_reads_in_headless_chromium(site, tmp_path):
                 assert "<table" in html, f"{path}: no table"
             for size, (width, height) in SIZES.items():
                 png = shots / f"{path.strip('/').replace('/', '_') or 'home'}-{size}.png"
-                shot = _browser(chromium, tmp_path / "profile", f"--screenshot={png}",
+                shot = browser.browse(chromium, tmp_path / "profile", f"--screenshot={png}",
                                 f"--window-size={width},{height}", base + path)
                 assert shot.returncode == 0 and png.is_file(), f"no screenshot of {path} at {size}:\n{shot.stderr[-2000:]}"
-                colours = _distinct_colours(png)
+                colours = browser.distinct_colours(png)
                 assert colours > 50, f"{png.name}: {colours} distinct colours: a blank page?"

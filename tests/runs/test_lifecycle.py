@@ -190,6 +190,7 @@ def test_tracking_server_dying_mid_run_costs_no_result_and_relog_completes_it(tm
     assert time.monotonic() - started < 120                # bounded retries, not minutes per call
     assert "ptflow summary" in out and "INCOMPLETE" in out
     assert f"open the UI         {server.uri}" in out       # a server's own URL, not `mlflow ui`
+    assert f"its page            {server.uri}/#/experiments/" in out and "?workflowType=machine_learning" in out
     assert "MLflow record of this run is incomplete" in err and "ptflow-runs relog" in err
     (record,) = _records(work / "outputs")
     run_dir = Path(record["run_dir"])

@@ -76,7 +76,8 @@ def test_the_parent_names_the_pick_and_keeps_the_whole_command_line(mixed_sweep)
     assert tags["ptflow.pick.budget"] == "0.01 (accuracy.max_drop)"
     note = tags["mlflow.note.content"]
     assert note.startswith("## Pick: **int8_dynamic** (within a drop of 0.01, from accuracy.max_drop)")
-    assert f"(#/experiments/{eid}/runs/{done.info.run_id})" in note and "### 2 run(s), ranked by speedup" in note
+    assert f"(#/experiments/{eid}/runs/{done.info.run_id}?workflowType=machine_learning)" in note
+    assert "### 2 run(s), ranked by speedup" in note
     assert "not ranked: " in note and "FAILED" in note                      # the failed job is a row too
     assert parent.data.metrics["best/speedup_p50"] == done.data.metrics["benchmark/speedup_p50"]
     assert parent.data.metrics["best/metric_delta"] == done.data.metrics["benchmark/top1_accuracy_delta"]

@@ -78,7 +78,8 @@ def test_the_parent_holds_the_pick_its_links_and_every_run(sweep):
     head, table = note.split("### ")[:2]
     assert head.startswith("## Pick: **digits_mlp-int8_dynamic-eager** (within a drop of 0.01")
     assert "**2.00x** [1.90, 2.10]" in head and "top1_accuracy Δ -0.0020 (drop 0.002 ≤ 0.01)" in head
-    assert f"run [`{ids['int8_dynamic'][:8]}`](#/experiments/{eid}/runs/{ids['int8_dynamic']})" in head
+    page = f"#/experiments/{eid}/runs/{ids['int8_dynamic']}?workflowType=machine_learning"
+    assert f"run [`{ids['int8_dynamic'][:8]}`]({page})" in head
     assert f"`ptflow-reproduce {ids['int8_dynamic']}`" in head
     assert table.startswith("4 run(s), ranked by speedup")
     order = [line.split("|")[2].strip() for line in table.splitlines() if line.startswith("| ") and "recipe" not in line]
@@ -139,3 +140,13 @@ def test_ptflow_compare_replaces_the_pick_of_a_whole_sweep_only(sweep, capsys, m
     assert cli(["--tracking-uri", uri, "--parent", parent, "--max-accuracy-drop", "0.0001"]) == 1
     assert "replacing the pick under 0.05 (ptflow-compare)" in capsys.readouterr().out
     assert "ptflow.best_run_id" not in client.get_run(parent).data.tags
+
+
+def test_ui_addresses_open_the_runs_not_the_genai_pages():
+    from ptflow.runs import ui_links
+
+    assert ui_links.run_page("sqlite:////x/outputs/mlflow.db", "1", "abc") == \
+        "http://127.0.0.1:5000/#/experiments/1/runs/abc?workflowType=machine_learning"   # where `mlflow ui` serves
+    assert ui_links.run_page("http://mlflow.internal:5000/", "3", "abc") == \
+        "http://mlflow.internal:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
+    assert ui_links.model_path("3", "m-1") == "#/experiments/3/models/m-1?workflowType=machine_learning"
