@@ -174,8 +174,7 @@ def _close_one(uri: str, experiment_id: str, run_id: str, sweep_dir: Path, recor
     rank = shlex.join(["ptflow-compare", "--parent", run_id, "--tracking-uri", uri])
     return [f"sweep: parent MLflow run {run_id} ended {status}; comparison (CSV, Markdown, Pareto plot) "
             f"in {written[0].parent} and its artifacts compare/; rank again: {rank}",
-            *([f"sweep: {picked}; recorded on the parent run (its description, tags ptflow.best_run_id and "
-               "ptflow.best_recipe)"] if picked else []), page]
+            *([f"sweep: {picked}"] if picked else []), page]
 
 
 def _log_optuna(client: Any, run_id: str, results: Path) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import time
+from dataclasses import replace
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -30,6 +31,19 @@ BEST_METRICS = ("best/speedup_p50", "best/speedup_ci_low", "best/speedup_ci_high
 NOTE_CHARS = 5000            # MLflow 2 servers keep 5000 characters of a tag (3.x: 8000)
 SHOWN = (0, 1, 2, 3, 6, 7, 10, 4, 11)   # of compare.COLUMNS: rank, recipe, speedup, tied, Δ, accepted, state, p50, run
 HEADS = ("#", "recipe", "speedup p50 [95% CI]", "tied", "metric Δ", "accepted", "state", "p50 ms", "run")
+
+
+PLAIN = str.maketrans({"<": "&lt;", ">": "&gt;", "[": "\\[", "]": "\\]", "`": "'", "\n": " ", "\r": " "})
+
+
+def plain(text: str) -> str:
+    """Text from the store (run names, errors, tags) made inert in Markdown: no HTML, no link,
+    no code span it could open or close, one line (a table cell escapes its own '|')."""
+    return text.translate(PLAIN)
+
+
+def _plain_row(row: cmp.Row) -> cmp.Row:
+    return replace(row, name=plain(row.name), error=plain(row.error), metric=row.metric and plain(row.metric))
 
 
 class Picked(NamedTuple):
@@ -67,7 +81,7 @@ def _pick_section(choice: cmp.Pick | None, found: tuple[budgets.Budget, str] | N
     figures += [f"timings {row.stability or 'of unknown stability'}"]
     if row.p50_ms is not None:
         figures.append(f"p50 {row.p50_ms:.3f} ms")
-    lines = [f"## Pick: **{recipe}** (within a drop of {budget.text}, from {source})", " · ".join(figures),
+    lines = [f"## Pick: **{plain(recipe)}** (within a drop of {budget.text}, from {source})", " · ".join(figures),
              _links(experiment_id, row)]
     if choice.reason:
         lines.append(f"Why this one: {choice.reason}")
@@ -110,7 +124,7 @@ def describe(parent: Any, runs: Sequence[Any], rows: Sequence[cmp.Row], found: t
     foot = (f"_{by}. `ptflow-compare --parent {parent.info.run_id} --max-accuracy-drop X` picks again under "
             f"another budget and replaces this description, the tags {BEST_RUN_TAG} / {BEST_RECIPE_TAG} and the "
             "best/* metrics._\n\n"
-            f"Sweep: `{tags.get('ptflow.command', 'ptflow -m')[:600]}`" + (f" · {counts}" if counts else "")
+            f"Sweep: `{plain(tags.get('ptflow.command', 'ptflow -m')[:600])}`" + (f" · {counts}" if counts else "")
             + " · full table: artifacts compare/compare.md, compare.csv, pareto.png")
     room = NOTE_CHARS - len(head) - len(foot) - 8
     return "\n\n".join([head, "\n".join(_table(rows, eid, strict, room)), foot])[:NOTE_CHARS]
@@ -123,7 +137,7 @@ def record(client: Any, parent_run_id: str, runs: Sequence[Any], found: tuple[bu
     from mlflow.entities import Metric, RunTag
 
     parent = client.get_run(parent_run_id)
-    rows = cmp.rows_from_runs(runs)
+    rows = [_plain_row(row) for row in cmp.rows_from_runs(runs)]   # any store writer may have named them
     choice = cmp.pick(rows, found[0], strict) if found is not None else None
     now = int(time.time() * 1000)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -150,12 +164,15 @@ def record(client: Any, parent_run_id: str, runs: Sequence[Any], found: tuple[bu
 def _line(choice: cmp.Pick | None, found: tuple[budgets.Budget, str] | None, best: cmp.Row | None,
           runs: Sequence[Any]) -> str:
     if found is None:
-        return "no pick: the sweep has no accuracy budget (accuracy.max_drop: null, no compare.max_accuracy_drop)"
+        return ("no pick: the sweep has no accuracy budget (accuracy.max_drop: null, no compare.max_accuracy_drop); "
+                "ptflow-compare --max-accuracy-drop X picks one and records it on the parent run")
     if best is None:
-        return (choice.message if choice is not None else "no pick") + f" (budget {found[0].text} from {found[1]})"
+        return (choice.message if choice is not None else "no pick") + f" (budget {found[0].text} from {found[1]}; " \
+            "the parent run's description says so)"
     delta = "" if best.delta is None else f", {best.metric} Δ {best.delta:+.4f}"
     return (f"pick within a drop of {found[0].text} ({found[1]}): {_recipe(runs, best)} {best.speedup:.2f}x"
-            f"{cmp.speedup_ci(best)}{delta} (run {best.run_id})")
+            f"{cmp.speedup_ci(best)}{delta} (run {best.run_id}); recorded on the parent run (description, tags "
+            f"{BEST_RUN_TAG} and {BEST_RECIPE_TAG})")
 
 
 def sweep_parent(client: Any, runs: Sequence[Any]) -> Any | None:

@@ -150,3 +150,12 @@ def test_ui_addresses_open_the_runs_not_the_genai_pages():
     assert ui_links.run_page("http://mlflow.internal:5000/", "3", "abc") == \
         "http://mlflow.internal:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
     assert ui_links.model_path("3", "m-1") == "#/experiments/3/models/m-1?workflowType=machine_learning"
+
+
+def test_a_store_writers_run_name_cannot_put_html_or_links_into_the_description(sweep):
+    client, eid, parent, ids = sweep
+    client.set_tag(ids["none"], "mlflow.runName", "<img src=x onerror=alert(1)> [me](javascript:alert(1)) `x` | y")
+    sweep_pick.record(client, parent, _runs(client, eid, parent), (Budget.parse("0.01"), "x"), "picked when")
+    note = client.get_run(parent).data.tags["mlflow.note.content"]
+    assert "<img" not in note and " [me](" not in note and "`x`" not in note
+    assert "&lt;img src=x onerror=alert(1)&gt; \\[me\\](javascript:alert(1)) 'x' \\| y" in note
