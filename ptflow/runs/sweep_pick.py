@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import datetime
 import time
-from dataclasses import replace
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 from ptflow.decide import budget as budgets
@@ -145,13 +145,13 @@ def record(client: Any, parent_run_id: str, runs: Sequence[Any], found: tuple[bu
     tags = {NOTE_TAG: describe(parent, runs, rows, found, choice, by, strict), PICKED_BY_TAG: by[:5000],
             BUDGET_TAG: f"{found[0].text} ({found[1]})" if found else "none"}
     best = choice.row if choice is not None else None
-    metrics: dict[str, float] = {}
+    values = (None,) * len(BEST_METRICS) if best is None else \
+        (best.speedup, best.speedup_ci_low, best.speedup_ci_high, best.drop, best.delta)
+    # a figure this pick lacks is NaN where a former pick logged one: its value no longer holds
+    metrics = {k: float("nan") if v is None else float(v) for k, v in zip(BEST_METRICS, values)
+               if v is not None or k in parent.data.metrics}
     if best is not None:
         tags[BEST_RUN_TAG], tags[BEST_RECIPE_TAG] = best.run_id, _recipe(runs, best)[:5000]
-        values = (best.speedup, best.speedup_ci_low, best.speedup_ci_high, best.drop, best.delta)
-        metrics = {k: float(v) for k, v in zip(BEST_METRICS, values) if v is not None}
-    elif any(k in parent.data.metrics for k in BEST_METRICS):   # a former pick's figures no longer hold
-        metrics = {k: float("nan") for k in BEST_METRICS if k in parent.data.metrics}
     client.log_batch(parent_run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
                      tags=[RunTag(k, v) for k, v in tags.items()])
     if best is None:
