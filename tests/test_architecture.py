@@ -13,7 +13,7 @@ from pathlib import Path
 from tests.conftest import ROOT
 
 # ptflow's packages, lowest first: each may import only the ones before it (and ptflow.moved).
-ORDER = ("core", "inputs", "zoo", "measure", "decide", "runs", "app", "review")
+ORDER = ("core", "inputs", "zoo", "measure", "decide", "runs", "app", "review", "serve")
 
 
 def _sources(package: str) -> list[Path]:

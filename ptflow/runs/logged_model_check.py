@@ -66,7 +66,7 @@ def check_logged_model(client: Any, run_id: str, uri: str, fmt: str) -> None:
         raise Untrusted(f"{uri} was logged by run {model.source_run_id}, not by run {run_id} (its tag "
                         f"ptflow.model.{fmt} was pointed elsewhere)")
     with tempfile.TemporaryDirectory(prefix="ptflow-model-check-") as scratch:
-        manifest = _manifest(client, run_id, Path(scratch))
+        manifest = run_manifest(client, run_id, Path(scratch))
         entry = next((e for e in manifest.get("files", []) if e.get("format") == fmt), None)
         if entry is None or not entry.get("sha256"):
             raise Untrusted(f"run {run_id}'s export manifest records no {fmt} file to check {uri} against")
@@ -75,7 +75,7 @@ def check_logged_model(client: Any, run_id: str, uri: str, fmt: str) -> None:
         check_model_dir(folder, fmt, entry, run_id)
 
 
-def _manifest(client: Any, run_id: str, scratch: Path) -> dict[str, Any]:
+def run_manifest(client: Any, run_id: str, scratch: Path) -> dict[str, Any]:
     """The run's export manifest from the store; it must agree with the run dir's copy, when
     the run dir is on this machine."""
     try:
