@@ -5,9 +5,11 @@ call on a worker thread, and split back.
   dtypes), oldest first, up to ``max_batch_size`` rows. Requests of other shapes wait for a
   later batch: a dynamic non-batch dim (a sequence length) is never padded, since an
   export does not say which value pads a dim without changing the answer.
-- When a worker is free and the queue holds fewer rows than ``max_batch_size``, the batch
-  waits up to ``max_delay_s`` after its oldest request arrived for more to come; with a
-  delay of 0 it goes at once, and requests batch only while the worker is busy.
+- When a worker is free, a batch waits (up to ``max_delay_s`` after its oldest request
+  arrived) until the queue holds as many rows as the largest of the last 8 batches:
+  concurrent clients, who sent as many requests before, fill a full batch, and a lone
+  client (one request per answer) never waits. With a delay of 0 a batch goes at once, and requests
+  batch only while the worker is busy.
 - The queue is bounded: a request that finds ``max_queue`` requests waiting is refused at
   once (``QueueFull``: HTTP 503 / RESOURCE_EXHAUSTED), never left to an unbounded backlog.
 - A request whose deadline passed while it waited is dropped from its batch, not computed
@@ -70,6 +72,7 @@ class Batcher:
         self.stats: Counter = Counter()      # batches, batched_rows, requests, expired, cancelled, refused_full
         self._queue: deque[_Item] = deque()
         self._running = 0
+        self._recent: deque[int] = deque([1], maxlen=8)   # rows of the last batches: how many to wait for
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._closed = False
@@ -134,15 +137,18 @@ class Batcher:
                 free.release()
                 continue
             self._running += len(batch)
+            self._recent.append(sum(item.rows for item in batch))
             asyncio.get_running_loop().create_task(self._run(batch, free))
 
     async def _fill(self) -> None:
-        """Wait (up to max_delay_s after the oldest request) for a full batch."""
+        """Wait, up to max_delay_s after the oldest request, until the queue holds as many rows
+        as the largest of the last batches (at most max_batch_size): a lone client (whose next request
+        comes only after this answer) is never kept waiting, concurrent ones batch fully."""
         while self._queue and self.max_delay_s > 0 and self.max_batch_size > 1:
             first = self._queue[0]
             rows = sum(i.rows for i in self._queue if i.key == first.key)
             left = first.queued_at + self.max_delay_s - time.monotonic()
-            if rows >= self.max_batch_size or left <= 0:
+            if rows >= min(self.max_batch_size, max(self._recent)) or left <= 0:
                 return
             self._wake.clear()
             try:

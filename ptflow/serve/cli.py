@@ -2,7 +2,7 @@
 
   ptflow-serve RUN_ID | RUN_DIR | EXPORT_DIR | models:/NAME/VERSION
                [--format pt2|aoti|onnx|torchscript] [--name NAME] [--host 127.0.0.1]
-               [--http-port 8080] [--grpc-port 8081] [--max-batch-size 32] [--max-queue-delay-ms 0]
+               [--http-port 8080] [--grpc-port 8081] [--max-batch-size 32] [--max-queue-delay-ms 5]
                [--max-queue 256] [--no-batching] [--timeout-ms 30000] [--max-request-mb 16]
                [--threads N] [--instances 1] [--device cpu|cuda] [--grace-s 30]
                [--allow-nonfinite] [--trust-native-code] [--tracking-uri URI] [--outputs-dir DIR]
@@ -39,9 +39,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=int, default=8080)
     p.add_argument("--grpc-port", type=int, default=8081)
     p.add_argument("--max-batch-size", type=int, default=32, help="rows per model call, and per request (default 32)")
-    p.add_argument("--max-queue-delay-ms", type=float, default=0.0,
-                   help="how long a batch waits for more requests when a worker is free (default 0: "
-                        "requests batch while the worker is busy)")
+    p.add_argument("--max-queue-delay-ms", type=float, default=5.0,
+                   help="how long a batch may wait, when a worker is free, for as many rows as recent batches "
+                        "had (default 5; a lone client never waits; 0: batch only while the worker is busy)")
     p.add_argument("--max-queue", type=int, default=256, help="requests waiting at most; more are refused "
                                                               "with 503 / RESOURCE_EXHAUSTED (default 256)")
     p.add_argument("--no-batching", action="store_true", help="one request per model call")
@@ -126,10 +126,23 @@ def run(argv: Sequence[str]) -> int:
                         grace_s=args.grace_s)
     level = getattr(logging, args.log_level.upper())
     try:
-        return asyncio.run(serve(model, endpoint, prepare, level))
+        return _run_loop(serve(model, endpoint, prepare, level))
     except OSError as error:
         print(f"{PROG}: {error}", file=sys.stderr)
         return 2
+
+
+def _run_loop(main: object) -> int:
+    """Run on uvloop where it is installed (KServe installs it; PTFLOW_SERVE_LOOP=asyncio opts out)."""
+    if os.environ.get("PTFLOW_SERVE_LOOP", "uvloop") == "uvloop" and sys.version_info >= (3, 11):
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                return runner.run(main)
+    return asyncio.run(main)
 
 
 def main() -> None:
