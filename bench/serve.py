@@ -5,12 +5,14 @@
 - dynamic batching: throughput at concurrency 32 over concurrency 1 (target >= 4x), and over
   batching off at 32;
 - MLflow's own server: the same logged model under ``mlflow models serve`` (REST
-  /invocations), at the same levels: ptflow's throughput at 16 over MLflow's (target >= 3x).
+  /invocations), at the same levels: ptflow's throughput at 16 over MLflow's (target >= 3x);
+  and ptflow-serve over HTTP/JSON driven by the same aiohttp client as MLflow's server, so
+  the client's own cost is the same on both sides.
 
   python bench/serve.py [--levels 1,2,4,8,16,32] [--duration-s 3] [--models mlp,cnn] [--out DIR]
 
 Each request is one row (batch 1). ptflow-serve is driven by tritonclient's asyncio gRPC
-client, MLflow's server by an aiohttp client with the same loop (ptflow.serve.loadgen_client's
+client, the JSON endpoints by an aiohttp client with the same loop (ptflow.serve.loadgen_client's
 run_level), each in its own process; server and client share the machine's cores.
 """
 from __future__ import annotations
@@ -81,9 +83,33 @@ def ptflow_levels(run_dir: Path, levels: str, duration: float, folder: Path) -> 
     return measure(str(run_dir), args, resolve(str(run_dir), None), folder)[1]
 
 
-def mlflow_levels(where: Path, model: str, body: list, levels: str, duration: float) -> list:
+def rest_levels(where: Path, url: str, body: dict, levels: str, duration: float) -> list:
+    """The aiohttp client (its own process) at `levels` against a JSON endpoint."""
     from ptflow.serve.loadgen import LevelResult
 
+    job = where / f"rest-job-{time.monotonic_ns()}.json"
+    job.write_text(json.dumps({"url": url, "body": body, "levels": levels, "duration_s": duration}))
+    done = subprocess.run([sys.executable, __file__, "--rest-client", str(job)], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(done.stderr[-2000:])
+    return [LevelResult.from_json(json.loads(line)) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def ptflow_rest_levels(run_dir: Path, inputs: dict, levels: str, duration: float, where: Path) -> list:
+    """ptflow-serve over HTTP/JSON, driven by the same aiohttp client as MLflow's server."""
+    from ptflow.serve.loadtest import _Server
+
+    server = _Server(str(run_dir), ["--format", "pt2", "--threads", "1"], where / "server-rest.log")
+    try:
+        server.wait_ready()
+        body = {"inputs": [{"name": k, "datatype": "FP32", "shape": list(v.shape), "data": v.ravel().tolist()}
+                           for k, v in inputs.items()]}
+        return rest_levels(where, f"http://127.0.0.1:{server.http}/v2/models/model/infer", body, levels, duration)
+    finally:
+        server.stop()
+
+
+def mlflow_levels(where: Path, model: str, body: list, levels: str, duration: float) -> list:
     port = _port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{where}/outputs/mlflow.db", "OMP_NUM_THREADS": "1",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -101,20 +127,15 @@ def mlflow_levels(where: Path, model: str, body: list, levels: str, duration: fl
                 time.sleep(0.5)
         else:
             raise SystemExit(f"mlflow models serve not up after 240 s: {where / 'mlflow-serve.log'}")
-        job = where / "mlflow-job.json"
-        job.write_text(json.dumps({"url": f"http://127.0.0.1:{port}/invocations", "body": {"inputs": body},
-                                   "levels": levels, "duration_s": duration}))
-        done = subprocess.run([sys.executable, __file__, "--mlflow-client", str(job)], capture_output=True, text=True)
-        if done.returncode:
-            raise SystemExit(done.stderr[-2000:])
-        return [LevelResult.from_json(json.loads(line)) for line in done.stdout.splitlines() if line.startswith("{")]
+        return rest_levels(where, f"http://127.0.0.1:{port}/invocations", {"inputs": body}, levels, duration)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)
 
 
-def mlflow_client(job_path: str) -> None:
-    """Run in its own process: the same levels against MLflow's REST server, with aiohttp."""
+def rest_client(job_path: str) -> None:
+    """Run in its own process: the levels against a JSON endpoint (MLflow's /invocations,
+    ptflow-serve's /v2/models/NAME/infer), with aiohttp."""
     import aiohttp
 
     from ptflow.serve.loadgen_client import run_level, summarize
@@ -142,10 +163,10 @@ def main() -> int:
     p.add_argument("--duration-s", type=float, default=3.0)
     p.add_argument("--models", default="mlp,cnn")
     p.add_argument("--out", type=Path, default=None, help="where the PNGs go (default: a temp dir, printed)")
-    p.add_argument("--mlflow-client", help=argparse.SUPPRESS)
+    p.add_argument("--rest-client", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.mlflow_client:
-        mlflow_client(args.mlflow_client)
+    if args.rest_client:
+        rest_client(args.rest_client)
         return 0
     from ptflow.serve.load_plot import plot_loadtest
     from ptflow.serve.loadgen import format_table
@@ -163,9 +184,11 @@ def main() -> int:
         body = next(iter(inputs.values())).tolist()
         local = in_process_p50_ms(run_dir)
         results = ptflow_levels(run_dir, args.levels, args.duration_s, where)
+        results["ptflow HTTP (aiohttp)"] = ptflow_rest_levels(run_dir, inputs, args.levels, args.duration_s, where)
         results["mlflow models serve"] = mlflow_levels(where, model, body, args.levels, args.duration_s)
         by = {label: {r.concurrency: r for r in rows} for label, rows in results.items()}
         on, off, ml = by["batching on"], by["batching off"], by["mlflow models serve"]
+        rest = by["ptflow HTTP (aiohttp)"]
         top = max(on)
         mid = 16 if 16 in on else top
         print(f"\n== {name} (pt2, fp32, batch-1 requests; run {run_id}) ==")
@@ -176,7 +199,9 @@ def main() -> int:
                  f"on/off at c{top} {on[top].throughput_per_s / off[top].throughput_per_s:.2f}x",
                  f"{name}: vs mlflow models serve at c{mid}: {on[mid].throughput_per_s:.0f} / "
                  f"{ml[mid].throughput_per_s:.0f} req/s = {on[mid].throughput_per_s / ml[mid].throughput_per_s:.2f}x "
-                 "(target >= 3)"]
+                 "(target >= 3)",
+                 f"{name}: the same aiohttp client on both (HTTP/JSON) at c{mid}: {rest[mid].throughput_per_s:.0f} / "
+                 f"{ml[mid].throughput_per_s:.0f} req/s = {rest[mid].throughput_per_s / ml[mid].throughput_per_s:.2f}x"]
         print("\n".join(lines))
         summary += lines
         png = plot_loadtest(results, out / f"serve-{name}.png", f"ptflow-serve vs mlflow models serve: {name} pt2")

@@ -63,6 +63,7 @@ class Row:
     repeats: int | None = None           # fresh processes the speedup interval covers (None: not logged, 1)
     host: str | None = None              # the tag hostname: where it was measured
     ci_scope: str | None = None          # the tag benchmark.ci_scope, e.g. "3 processes"
+    served_rps: float | None = None      # the tag ptflow.served.throughput_per_s (ptflow-serve --loadtest)
 
     @property
     def unranked_reason(self) -> str | None:
@@ -135,7 +136,14 @@ def row_from_run(run: Any) -> Row:
         run_dir=tags.get("ptflow.run_dir"),
         model_uris=tuple(sorted((k.split(".", 2)[2], v) for k, v in tags.items() if k.startswith("ptflow.model."))),
         start_time=run.info.start_time or 0, repeats=_repeats(metrics), host=tags.get("hostname") or None,
-        ci_scope=tags.get("benchmark.ci_scope") or None)
+        ci_scope=tags.get("benchmark.ci_scope") or None, served_rps=_served(tags))
+
+
+def _served(tags: dict[str, str]) -> float | None:
+    try:
+        return float(tags["ptflow.served.throughput_per_s"])
+    except (KeyError, ValueError):
+        return None
 
 
 def _repeats(metrics: dict[str, float]) -> int | None:
@@ -236,7 +244,7 @@ COLUMNS = ("rank", "recipe", "speedup p50 [CI]", "tied", "p50 ms", "p99 ms", "me
 CSV_FIELDS = ("rank", "recipe", "run_id", "status", "stability", "speedup_p50", "speedup_ci_low", "speedup_ci_high",
               "p50_ms", "p99_ms", "p99_supported", "metric", "metric_delta", "accuracy_drop", "baseline_metric",
               "accepted", "size_mb", "compile_s", "pareto", "unranked_reason", "run_dir", "model_uris", "tied_with",
-              "repeats", "host", "ci_scope", "marks")
+              "repeats", "host", "ci_scope", "marks", "served_throughput_per_s")
 FOOTNOTES = ("~ unstable measurement: ranked by its speedup, never tied with a stable one, picked only if no "
              "stable run qualifies", "* p99 from too few samples to support it")
 
@@ -280,6 +288,8 @@ def table(rows: Sequence[Row], run_id_of: Any = lambda row: row.run_id, strict: 
     used = {FOOTNOTES[0]: any(row.stability == "unstable" for row in order),
             FOOTNOTES[1]: any(_thin_p99(row) for _, row in ranked)}
     notes = [note for note, shown in used.items() if shown] + ties.tie_legend(order, leader_of, strict) + marks.legend
+    notes += [f"served: {row.name}: {row.served_rps:.0f} req/s at best (ptflow-serve --loadtest)"
+              for _, row in ranked if row.served_rps is not None]
     return Table(ranked, rows_cells, notes, leader_of, marks)
 
 
@@ -304,7 +314,7 @@ def _csv(rows: Sequence[Row], strict: bool = False) -> str:
             r.p99_ms, r.p99_supported, r.metric, r.delta, r.drop, r.baseline_metric, r.accepted, r.size_mb,
             r.compile_s, r.run_id in front, r.unranked_reason or "", r.run_dir,
             " ".join(f"{fmt}={uri}" for fmt, uri in r.model_uris), shown.leader_of.get(r.run_id),
-            r.repeats, r.host, r.ci_scope, shown.marks.words.get(r.run_id))])
+            r.repeats, r.host, r.ci_scope, shown.marks.words.get(r.run_id), r.served_rps)])
     return text.getvalue()
 
 

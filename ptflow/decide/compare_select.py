@@ -36,6 +36,12 @@ def is_parent(run: Any) -> bool:
     return run.data.tags.get(PARENT_TAG) == "true"
 
 
+def is_recipe_run(run: Any) -> bool:
+    """A pipeline run: not a sweep's parent, not a serving load test (``ptflow-serve --loadtest``
+    records one beside the run it served, tagged ``ptflow.kind=loadtest``)."""
+    return not is_parent(run) and run.data.tags.get("ptflow.kind") != "loadtest"
+
+
 def _when(run: Any) -> str:
     return datetime.datetime.fromtimestamp((run.info.start_time or 0) / 1000).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -123,7 +129,7 @@ def select_runs(client: Any, experiment: str, *, sweep: str | None = None, paren
         description, base, experiment_id = _last_sweep(client, experiment_id, experiment)
     try:
         found_runs = search_all(client, experiment_id, " AND ".join(f for f in (base, filter_string) if f))
-        runs = [run for run in found_runs if not is_parent(run)]
+        runs = [run for run in found_runs if is_recipe_run(run)]
     except MlflowException as error:
         raise SelectionError(f"--filter {filter_string!r} was refused by MLflow: {str(error).splitlines()[0]}; "
                              "write it as MLflow's search syntax, e.g. \"tags.quantize != 'none'\"") from None

@@ -60,6 +60,9 @@ def plot_loadtest(results_by_label: Mapping[str, Sequence[LevelResult]], path: P
         try:
             with os.fdopen(fd, "wb") as fh:
                 fig.savefig(fh, format="png", dpi=110)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)   # mkstemp's 0600 would make the figure private
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

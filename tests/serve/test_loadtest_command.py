@@ -39,3 +39,7 @@ def test_loadtest_records_figures_next_to_the_served_run(tmp_path):
     assert float(served.data.tags["ptflow.served.throughput_per_s"]) > 0
     assert {a.path for a in client.list_artifacts(loadtest.info.run_id, "serve")} >= {"serve/loadtest.png",
                                                                                         "serve/loadtest.json"}
+    compare = subprocess.run([sys.executable, "-m", "ptflow.review.compare_cli", "--all"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300)
+    assert "req/s at best (ptflow-serve --loadtest)" in compare.stdout, compare.stdout + compare.stderr
+    assert "serve-loadtest" not in compare.stdout   # the load test's own run is not a recipe to rank

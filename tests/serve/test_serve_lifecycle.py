@@ -120,3 +120,29 @@ def test_serves_a_run_by_id_from_the_store(tmp_path):
         assert f"run {run_id} (downloaded from" in server.text()
     finally:
         server.stop()
+    import mlflow
+
+    store = f"sqlite:///{tmp_path}/outputs/mlflow.db"
+    model_uri = next(line.split()[2] for line in done.stdout.splitlines() if line.strip().startswith("MLflow model"))
+    mlflow.set_tracking_uri(store)
+    version = mlflow.register_model(model_uri, "digits-clf", await_registration_for=0)
+    server = Server(f"models:/digits-clf/{version.version}", "--tracking-uri", store, log=tmp_path / "serve2.log")
+    try:
+        server.wait_ready()
+        assert f"models:/digits-clf/{version.version} (run {run_id}, pt2)" in server.text()
+        assert "(pt2 on cpu" in server.text()   # the registered format, not the fastest
+    finally:
+        server.stop()
+
+
+@pytest.mark.cuda
+def test_serves_on_cuda(mlp_export, tmp_path):
+    server = Server(mlp_export, "--format", "pt2", "--device", "cuda", log=tmp_path / "serve.log")
+    try:
+        server.wait_ready()
+        assert "(pt2 on cuda" in server.text()
+        out = clients({"grpc": server.grpc_url, "http": server.http_url, "model": "model",
+                       "cases": [{**ONE, "protocol": "grpc"}]}, tmp_path)
+        assert out["cases"][0]["ok"]
+    finally:
+        server.stop()
