@@ -27,6 +27,7 @@ usage: ptflow [-m] [-cn NAME] [-cp DIR] [-cd DIR] [group=option ...] [key=value 
   ptflow-runs close-stale                       close runs whose process was killed (SIGKILL, OOM)
   ptflow-reproduce RUN_ID                       run a tracked run again; compare its files and metric
   ptflow-compare [--sweep DIR] [--max-accuracy-drop X]    rank recipes; pick the fastest within a budget
+  ptflow-serve RUN_ID [--loadtest | --package DIR]        serve its export (Open Inference Protocol, KServe)
 
 exit codes: 0 finished, 1 a job failed, 2 config rejected before anything ran,
             3 finished but the MLflow record is incomplete (ptflow-runs relog RUN_DIR),

@@ -54,7 +54,13 @@ def _body_limit(app: Any, limit: int) -> Any:
     async def middleware(scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return await app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        if (scope.get("method") == "POST" and b"inference-header-content-length" not in headers
+                and headers.get(b"content-type", b"").split(b";")[0] in (b"", b"application/x-www-form-urlencoded")):
+            # `curl -d '{...}'` sends a form type: a v2 body without the binary extension's header is JSON
+            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+                     + [(b"content-type", b"application/json")]}
+        declared = headers.get(b"content-length")
         seen = 0
 
         async def refuse(size: str) -> None:
