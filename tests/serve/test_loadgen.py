@@ -222,12 +222,12 @@ def test_plot_loadtest_writes_a_png(tmp_path):
 
 
 def test_log_loadtest_makes_a_sibling_run_and_tags_the_served_one(tmp_path):
-    import mlflow
     from mlflow.tracking import MlflowClient
 
+    from ptflow.runs.mlflow_models import global_tracking_uri
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    try:
+    with global_tracking_uri(uri):   # put back as it was, MLFLOW_TRACKING_URI included (later tests read it)
         client = MlflowClient(uri)
         exp = client.create_experiment("served", artifact_location=(tmp_path / "art").as_uri())
         served = client.create_run(exp, run_name="pipeline")
@@ -259,8 +259,6 @@ def test_log_loadtest_makes_a_sibling_run_and_tags_the_served_one(tmp_path):
         assert after.data.tags["ptflow.loadtest_run_id"] == run_id
         assert after.data.tags["ptflow.served.throughput_per_s"] == "350.0"
         assert after.data.metrics == {"latency_ms": 3.0}
-    finally:
-        mlflow.set_tracking_uri(None)
 
 
 def test_log_loadtest_ends_its_run_failed_when_logging_fails(tmp_path):

@@ -122,10 +122,12 @@ def test_serves_a_run_by_id_from_the_store(tmp_path):
         server.stop()
     import mlflow
 
+    from ptflow.runs.mlflow_models import global_tracking_uri
+
     store = f"sqlite:///{tmp_path}/outputs/mlflow.db"
     model_uri = next(line.split()[2] for line in done.stdout.splitlines() if line.strip().startswith("MLflow model"))
-    mlflow.set_tracking_uri(store)
-    version = mlflow.register_model(model_uri, "digits-clf", await_registration_for=0)
+    with global_tracking_uri(store):   # mlflow.set_tracking_uri alone exports MLFLOW_TRACKING_URI to later tests
+        version = mlflow.register_model(model_uri, "digits-clf", await_registration_for=0)
     server = Server(f"models:/digits-clf/{version.version}", "--tracking-uri", store, log=tmp_path / "serve2.log")
     try:
         server.wait_ready()
