@@ -26,6 +26,16 @@ def make_export(where: Path, *overrides: str) -> Path:
     return run / "export"
 
 
+def tracked_run(where: Path) -> tuple[subprocess.CompletedProcess, str]:
+    """The bundled MLP's pipeline, tracked in `where`/outputs/mlflow.db, exporting pt2: the
+    finished process and its MLflow run id."""
+    done = subprocess.run([sys.executable, "-m", "ptflow", "benchmark=quick", "quantize=none", "export.formats=[pt2]",
+                           "export.fresh_check=false", f"hydra.run.dir={where}/run"],
+                          cwd=where, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done, next(line.split()[2] for line in done.stdout.splitlines() if line.strip().startswith("MLflow run"))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

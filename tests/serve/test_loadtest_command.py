@@ -7,15 +7,13 @@ import sys
 
 import pytest
 
+from tests.serve.serving import tracked_run
+
 pytestmark = pytest.mark.slow
 
 
 def test_loadtest_records_figures_next_to_the_served_run(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "ptflow", "benchmark=quick", "quantize=none", "export.formats=[pt2]",
-                           "export.fresh_check=false", f"hydra.run.dir={tmp_path}/run"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    run_id = next(line.split()[2] for line in done.stdout.splitlines() if line.strip().startswith("MLflow run"))
+    _, run_id = tracked_run(tmp_path)
     done = subprocess.run([sys.executable, "-m", "ptflow.serve.cli", run_id, "--loadtest", "--levels", "1,4",
                            "--duration-s", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.serve.serving import Server, clients, free_port
+from tests.serve.serving import Server, clients, free_port, tracked_run
 
 pytestmark = pytest.mark.slow
 
@@ -105,11 +105,7 @@ def _listening_on(port):
 
 
 def test_serves_a_run_by_id_from_the_store(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "ptflow", "benchmark=quick", "quantize=none", "export.formats=[pt2]",
-                           "export.fresh_check=false", f"hydra.run.dir={tmp_path}/run"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    run_id = next(line.split()[2] for line in done.stdout.splitlines() if line.strip().startswith("MLflow run"))
+    done, run_id = tracked_run(tmp_path)
     shutil.rmtree(tmp_path / "run")   # only the store has the export now: it is downloaded
     server = Server(run_id, "--outputs-dir", str(tmp_path / "outputs"), log=tmp_path / "serve.log")
     try:
