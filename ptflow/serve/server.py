@@ -250,6 +250,20 @@ def _unregister(collector: Any) -> None:
         REGISTRY.unregister(collector)
 
 
+def _bindable(host: str, port: int, option: str) -> None:
+    """OSError naming the option when `port` cannot be bound on `host` (in use, no such
+    address): said before either server starts, not as uvicorn's or gRPC's traceback."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise OSError(f"cannot listen on {host}:{port}: {error.strerror}: pick another {option}") from None
+
+
 async def serve(model: PtflowModel, endpoint: Endpoint, prepare: Callable[[], Awaitable[None]],
                 log_level: int = logging.WARNING) -> int:
     """Bind both servers, run `prepare` (load, check, start the batcher; it sets model.ready),
@@ -257,6 +271,8 @@ async def serve(model: PtflowModel, endpoint: Endpoint, prepare: Callable[[], Aw
     from kserve.model_repository import ModelRepository
 
     _quiet_kserve(log_level)
+    for port, option in ((endpoint.http_port, "--http-port"), (endpoint.grpc_port, "--grpc-port")):
+        _bindable(endpoint.host, port, option)
     registry = ModelRepository()
     registry.update(model)
     metrics = _metrics(model)

@@ -111,25 +111,23 @@ def _client(tracking_uri: str | None, outputs_dir: Path) -> Any:
 
 
 def _from_run(client: Any, run_id: str, origin: str, fmt: str | None = None) -> Export:
-    from ptflow.runs.logged_model_check import MANIFEST_ARTIFACT, Untrusted, run_manifest
+    from ptflow.runs.logged_model_check import Untrusted, run_manifest
 
     try:
         run = client.get_run(run_id)
     except Exception as error:  # noqa: BLE001 - MLflow raises its own types per store
         raise SourceError(f"no run {run_id} in {client.tracking_uri}: {type(error).__name__}") from None
-    scratch = Path(tempfile.mkdtemp(prefix="ptflow-serve-"))
-    try:
-        manifest = run_manifest(client, run_id, scratch)   # refuses a store copy that differs from the run dir's
-    except Untrusted as error:
-        raise SourceError(str(error)) from None
-    (scratch / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+    with tempfile.TemporaryDirectory(prefix="ptflow-serve-manifest-") as check:
+        try:
+            manifest = run_manifest(client, run_id, Path(check))   # refuses a store copy unlike the run dir's
+        except Untrusted as error:
+            raise SourceError(str(error)) from None
     run_dir = run.data.tags.get("ptflow.run_dir")
     local = Path(run_dir) / "export" if run_dir else None
     if local is not None and (local / MANIFEST).is_file():
         return Export(local, manifest, f"{origin} (its run dir {run_dir})", run_id, client.tracking_uri, fmt)
-    found = Path(scratch / MANIFEST_ARTIFACT)
-    if found.is_file():
-        found.unlink()
+    scratch = Path(tempfile.mkdtemp(prefix="ptflow-serve-"))   # the files are downloaded here as needed
+    (scratch / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
     return Export(scratch, manifest, f"{origin} (downloaded from {client.tracking_uri})", run_id,
                   client.tracking_uri, fmt, client)
 

@@ -144,3 +144,18 @@ def test_serves_on_cuda(mlp_export, tmp_path):
         assert out["cases"][0]["ok"]
     finally:
         server.stop()
+
+
+def test_a_port_in_use_is_refused_naming_the_option(mlp_export, tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cmd = [sys.executable, "-m", "ptflow.serve.cli", str(mlp_export), "--http-port", str(port),
+               "--grpc-port", str(free_port())]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "--http-port" in done.stderr
+    assert "Traceback" not in done.stderr
