@@ -29,7 +29,7 @@ from ptflow.core.files import describe_disk_full
 from ptflow.core.typed import to_plain
 from ptflow.runs import description, summary
 from ptflow.runs.description import NOTE_TAG
-from ptflow.runs.mlflow_calls import mlflow_quiet, set_terminated
+from ptflow.runs.mlflow_calls import mlflow_quiet, retry_lost_race, set_terminated
 from ptflow.runs.mlflow_datasets import dataset_key, mlflow_dataset
 from ptflow.runs.params import sanitize_key, to_params
 from ptflow.runs.record import RunRecord, Tracking
@@ -287,7 +287,8 @@ class MlflowTracker:
         fresh = {dataset_key(d["name"], d["digest"], d["context"]): d for d in datasets}
         fresh = {key: d for key, d in fresh.items() if key not in self._logged_datasets}
         if fresh:
-            self.client.log_inputs(self.run_id, datasets=[
+            # parallel jobs share the eval data: a lost insert race is retried (log_inputs is idempotent)
+            retry_lost_race(self.client.log_inputs, self.run_id, [
                 DatasetInput(mlflow_dataset(d), tags=[InputTag("mlflow.data.context", str(d["context"]))])
                 for d in fresh.values()])
             self._logged_datasets.update(fresh)
