@@ -1,12 +1,14 @@
 """MLflow client calls made quiet: MLflow prints progress lines ("🏃 View run …") and logs
 at INFO on its own; ptflow's summary already says what they would. Used by the tracker,
 the sweep's parent run, stale-run closing and ``ptflow-compare``; imports nothing of ptflow.
+Also the retry of a write that lost an insert race to another job sharing the store.
 """
 from __future__ import annotations
 
 import contextlib
 import io
 import logging
+import time
 from typing import Any
 
 
@@ -48,13 +50,11 @@ def retry_lost_race(call, *args: Any, attempts: int = RACE_RETRIES, pause_s: flo
     """``call(*args)``, made again (up to ``attempts`` times, with a short growing pause) while
     it fails only because another writer inserted the same row first. Only for idempotent
     calls; any other failure is raised at once."""
-    import time
-
-    for attempt in range(attempts):
+    for attempt in range(1, attempts):
         try:
             return call(*args)
         except Exception as error:
-            if attempt == attempts - 1 or not lost_insert_race(error):
+            if not lost_insert_race(error):
                 raise
-            time.sleep(pause_s * (attempt + 1))
-    raise AssertionError("unreachable")
+            time.sleep(pause_s * attempt)
+    return call(*args)
